@@ -1,0 +1,5 @@
+import sys
+
+from fastadv.cli import main
+
+sys.exit(main())

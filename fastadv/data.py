@@ -1,0 +1,284 @@
+"""Datasets as uint8 tensors on the device; batches are slices of a random permutation.
+
+The whole dataset is moved to the device once (uint8, N x C x H x W). Augmentation
+(random crop with 4-pixel zero padding, horizontal flip) runs as batched tensor ops on
+the device. Look-up order for files: ``data_dir``, ``$FASTADV_DATA``, ``~/.cache/fastadv``;
+each root may hold ``<name>.npz`` (``x_train, y_train, x_test, y_test``, uint8) or
+torchvision's own on-disk layout. Failing that, torchvision downloads into the cache.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+
+class DataError(RuntimeError):
+    """A dataset could not be found or read; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test split as uint8 N x C x H x W tensors plus labels (int64)."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, on [0,1]; used by the model's Normalize layer
+    std: tuple[float, ...]
+    augment: bool  # whether crop+flip is the default for this dataset
+    source: str  # where it was read from (for the run's record)
+
+    @property
+    def channels(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def size(self) -> int:
+        return self.x_train.shape[2]
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        return replace(self, **{k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")})
+
+    def limit_train(self, n: int) -> "Dataset":
+        if n <= 0 or n >= len(self.y_train):
+            return self
+        return replace(self, x_train=self.x_train[:n], y_train=self.y_train[:n])
+
+
+# ----------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class DatasetInfo:
+    loader: Callable[[list[Path], bool], tuple[np.ndarray, ...] | tuple[tuple[np.ndarray, ...], str]]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool
+    description: str
+
+
+DATASETS: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(name: str, **info):
+    def wrap(fn):
+        DATASETS[name] = DatasetInfo(loader=fn, **info)
+        return fn
+
+    return wrap
+
+
+def unknown_name(kind: str, name: str, valid) -> str:
+    return f"unknown {kind} {name!r} (valid: {', '.join(sorted(valid))})"
+
+
+def search_roots(data_dir: str | os.PathLike | None) -> list[Path]:
+    """Directories searched for files, in order: data_dir, $FASTADV_DATA, the cache."""
+    roots = [data_dir, os.environ.get("FASTADV_DATA") or None, cache_dir()]
+    seen, out = set(), []
+    for r in roots:
+        if r is None:
+            continue
+        p = Path(r).expanduser()
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastadv"
+
+
+def load_dataset(name: str, data_dir: str | None = None, *, download: bool = True,
+                 device: torch.device | str = "cpu") -> Dataset:
+    """Find, read and check a dataset; raises DataError with one line on failure."""
+    if name not in DATASETS:
+        raise DataError(unknown_name("dataset", name, DATASETS))
+    info = DATASETS[name]
+    (xtr, ytr, xte, yte), source = info.loader(search_roots(data_dir), download)
+    xtr, xte = to_nchw(xtr, name), to_nchw(xte, name)
+    check_arrays(name, source, xtr, ytr, xte, yte, info.num_classes)
+    return Dataset(
+        name=name,
+        x_train=torch.from_numpy(xtr), y_train=torch.from_numpy(ytr.astype(np.int64)),
+        x_test=torch.from_numpy(xte), y_test=torch.from_numpy(yte.astype(np.int64)),
+        num_classes=info.num_classes, mean=info.mean, std=info.std, augment=info.augment,
+        source=source,
+    ).to(device)
+
+
+def to_nchw(x: np.ndarray, name: str) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4:
+        raise DataError(f"dataset {name!r}: images must be N x H x W or N x H x W x C, got shape {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def check_arrays(name, source, xtr, ytr, xte, yte, num_classes) -> None:
+    problems = []
+    for split, x, y in (("train", xtr, ytr), ("test", xte, yte)):
+        if x.dtype != np.uint8:
+            problems.append(f"x_{split} is {x.dtype}, expected uint8")
+        if y.ndim != 1 or len(y) != len(x):
+            problems.append(f"y_{split} has shape {y.shape} for {len(x)} images")
+        elif len(y) and (y.min() < 0 or y.max() >= num_classes):
+            problems.append(f"y_{split} labels outside 0..{num_classes - 1}")
+    if xtr.shape[1:] != xte.shape[1:]:
+        problems.append(f"train images {xtr.shape[1:]} and test images {xte.shape[1:]} differ")
+    if problems:
+        raise DataError(f"dataset {name!r} from {source} is malformed: {'; '.join(problems)}")
+
+
+# ----------------------------------------------------------------------------- file loaders
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def read_npz(path: Path) -> tuple[np.ndarray, ...]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in NPZ_KEYS if k not in f.files]
+            if missing:
+                raise DataError(f"{path} lacks array(s) {', '.join(missing)} (needs {', '.join(NPZ_KEYS)})")
+            return tuple(f[k] for k in NPZ_KEYS)
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def torchvision_loader(name: str, tv_class: str, layout: str):
+    """Loader reading ``<name>.npz`` or torchvision's layout, downloading into the cache last."""
+
+    def load(roots: list[Path], download: bool):
+        for root in roots:
+            if (root / f"{name}.npz").is_file():
+                return read_npz(root / f"{name}.npz"), str(root / f"{name}.npz")
+            if (root / layout).exists():
+                return read_torchvision(tv_class, root, download=False), f"{root / layout} (torchvision)"
+        looked = ", ".join(str(r) for r in roots)
+        if download:
+            try:
+                return read_torchvision(tv_class, cache_dir(), download=True), f"{cache_dir()} (downloaded)"
+            except Exception as exc:  # network errors come in many types
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise DataError(f"dataset {name!r} not found: looked for {name}.npz or {layout}/ in {looked}; "
+                                f"download failed ({reason[:120]})") from None
+        raise DataError(f"dataset {name!r} not found: looked for {name}.npz or {layout}/ in {looked}")
+
+    return load
+
+
+def read_torchvision(tv_class: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, tv_class)
+    out = []
+    for train in (True, False):
+        ds = cls(str(root), train=train, download=download)
+        data = ds.data.numpy() if torch.is_tensor(ds.data) else np.asarray(ds.data)
+        targets = ds.targets.numpy() if torch.is_tensor(ds.targets) else np.asarray(ds.targets)
+        out += [data.astype(np.uint8), targets]
+    return tuple(out)
+
+
+MNIST_STATS = dict(mean=(0.1307,), std=(0.3081,))
+CIFAR10_STATS = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+CIFAR100_STATS = dict(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
+
+register_dataset("mnist", num_classes=10, augment=False, description="MNIST digits, 28x28 grey",
+                 **MNIST_STATS)(torchvision_loader("mnist", "MNIST", "MNIST"))
+register_dataset("fashion-mnist", num_classes=10, augment=False, mean=(0.2860,), std=(0.3530,),
+                 description="Zalando Fashion-MNIST, 28x28 grey")(
+    torchvision_loader("fashion-mnist", "FashionMNIST", "FashionMNIST"))
+register_dataset("cifar10", num_classes=10, augment=True, description="CIFAR-10, 32x32 RGB",
+                 **CIFAR10_STATS)(torchvision_loader("cifar10", "CIFAR10", "cifar-10-batches-py"))
+register_dataset("cifar100", num_classes=100, augment=True, description="CIFAR-100, 32x32 RGB",
+                 **CIFAR100_STATS)(torchvision_loader("cifar100", "CIFAR100", "cifar-100-python"))
+
+
+@register_dataset("digits", num_classes=10, augment=False, mean=(0.3,), std=(0.4,),
+                  description="scikit-learn's bundled 8x8 digits, upsampled to 28x28 (offline fallback)")
+def load_digits(roots: list[Path], download: bool):
+    """1,797 bundled digits: a deterministic 80/20 split, upsampled to MNIST's 28x28."""
+    try:
+        from sklearn.datasets import load_digits as sk_digits
+    except ImportError:
+        raise DataError("dataset 'digits' needs scikit-learn: pip install scikit-learn") from None
+    d = sk_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]
+    x = torch.nn.functional.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy()
+    y = d.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(y))
+    cut = int(0.8 * len(y))
+    tr, te = order[:cut], order[cut:]
+    return (x[tr], y[tr], x[te], y[te]), "scikit-learn load_digits (bundled)"
+
+
+@register_dataset("synthetic", num_classes=10, augment=False, mean=(0.5,), std=(0.25,),
+                  description="tiny generated 1x16x16 set for tests (class templates plus noise)")
+def load_synthetic(roots: list[Path], download: bool):
+    """Ten fixed random templates plus noise: learnable in a few steps, no files needed."""
+    rng = np.random.default_rng(1234)
+    templates = rng.uniform(0.0, 1.0, size=(10, 16, 16))
+
+    def split(n):
+        y = rng.integers(0, 10, size=n)
+        x = 0.6 * templates[y] + 0.4 * rng.uniform(0.0, 1.0, size=(n, 16, 16))
+        return (x * 255).round().astype(np.uint8), y
+
+    xtr, ytr = split(2048)
+    xte, yte = split(512)
+    return (xtr, ytr, xte, yte), "generated (synthetic)"
+
+
+# ----------------------------------------------------------------------------- batches
+def to_float(x_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 [0,255] -> float32 [0,1]."""
+    return x_u8.float().div_(255.0)
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop (zero padding ``pad``) and horizontal flip of a float N x C x H x W batch.
+
+    Batched on x's device: one offset pair and one flip bit per image, drawn from the
+    CPU ``generator`` so the data order is reproducible on any device.
+    """
+    n, c, h, w = x.shape
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
+    flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    rows = (offsets[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # n,1,h,1
+    cols = (offsets[1][:, None] + torch.arange(w, device=x.device))  # n,w
+    cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, None, :]  # n,1,1,w
+    idx_n = torch.arange(n, device=x.device)[:, None, None, None]
+    idx_c = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[idx_n, idx_c, rows, cols]
+
+
+def batches(x_u8: torch.Tensor, y: torch.Tensor, batch_size: int, *, generator: torch.Generator,
+            augment: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One pass over the data: slices of a random permutation, as float [0,1] batches."""
+    perm = torch.randperm(len(y), generator=generator).to(y.device)
+    for start in range(0, len(y), batch_size):
+        idx = perm[start:start + batch_size]
+        xb = to_float(x_u8[idx])
+        if augment:
+            xb = augment_batch(xb, generator)
+        yield xb, y[idx]
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)

@@ -1,0 +1,109 @@
+"""Attack contract: inside the eps-ball and [0,1], loss goes up, no side effects; agrees with torchattacks."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastadv
+from fastadv.attacks import ATTACKS, fgsm, pgd
+from fastadv.models import build_model
+
+EPS = 0.1
+ATTACK_KWARGS = {
+    "fgsm": dict(eps=EPS),
+    "fgsm-rs": dict(eps=EPS, alpha=1.25 * EPS, random_start=True),
+    "pgd": dict(eps=EPS, alpha=EPS / 4, steps=5),
+    "pgd-restarts": dict(eps=EPS, alpha=EPS / 4, steps=3, restarts=3),
+    "pgd-cw": dict(eps=EPS, alpha=EPS / 4, steps=5, loss="cw"),
+}
+
+
+def run(name, model, x, y):
+    fn = fgsm if name.startswith("fgsm") else pgd
+    return fn(model, x, y, **ATTACK_KWARGS[name])
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic):
+    """A small-cnn trained for a few steps on the synthetic set, plus a test batch."""
+    torch.manual_seed(0)
+    model = build_model("small-cnn", channels=1, size=16, mean=synthetic.mean, std=synthetic.std)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = synthetic.x_train.float() / 255
+    for i in range(0, 2048, 64):
+        loss = F.cross_entropy(model(x[i:i + 64]), synthetic.y_train[i:i + 64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    xt = synthetic.x_test[:128].float() / 255
+    # include pixels at 0 and 1 so the [0,1] box constraint is exercised
+    xt[:, :, :2] = 0.0
+    xt[:, :, -2:] = 1.0
+    return model, xt, synthetic.y_test[:128]
+
+
+@pytest.mark.parametrize("name", sorted(ATTACK_KWARGS))
+@pytest.mark.parametrize("training", [True, False])
+def test_attack_contract(trained, name, training):
+    model, x, y = trained
+    model.train(training)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0)  # sentinel: must survive the attack untouched
+    x_adv = run(name, model, x, y)
+    assert model.training is training
+    assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in model.parameters())
+    assert x_adv.shape == x.shape and not x_adv.requires_grad
+    assert (x_adv - x).abs().max() <= EPS + 1e-6
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    model.eval()
+    with torch.no_grad():
+        clean = F.cross_entropy(model(x), y)
+        adv = F.cross_entropy(model(x_adv), y)
+    assert adv > clean, f"{name}: adversarial loss {adv:.4f} not above clean loss {clean:.4f}"
+    for p in model.parameters():
+        p.grad = None
+
+
+def test_more_steps_and_restarts_never_help_the_model(trained):
+    model, x, y = trained
+    model.eval()
+
+    def acc(x_adv):
+        with torch.no_grad():
+            return (model(x_adv).argmax(1) == y).float().mean().item()
+
+    clean = acc(x)
+    one = acc(pgd(model, x, y, eps=EPS, alpha=EPS / 4, steps=1, random_start=False))
+    many = acc(pgd(model, x, y, eps=EPS, alpha=EPS / 4, steps=20, random_start=False))
+    restarts = acc(pgd(model, x, y, eps=EPS, alpha=EPS / 4, steps=20, restarts=4,
+                       generator=torch.Generator().manual_seed(0)))
+    assert clean >= one >= many
+    assert restarts <= acc(pgd(model, x, y, eps=EPS, alpha=EPS / 4, steps=20, restarts=1,
+                               generator=torch.Generator().manual_seed(0)))
+
+
+def test_eps_zero_is_identity(trained):
+    model, x, y = trained
+    assert torch.equal(pgd(model, x, y, eps=0.0, alpha=0.01, steps=5), x)
+
+
+def test_registry_names():
+    assert set(ATTACKS) == {"fgsm", "pgd"}
+
+
+@pytest.mark.slow
+def test_pgd20_agrees_with_torchattacks(robust_mnist_run, mnist):
+    """Same eps, alpha, steps, no random start: accuracies within 1 point on 1,000 MNIST test points."""
+    torchattacks = pytest.importorskip("torchattacks")
+    model = fastadv.load_model(robust_mnist_run.run_dir)
+    x, y = mnist.x_test[:1000].float() / 255, mnist.y_test[:1000]
+    eps, alpha = 0.3, 0.3 / 4
+    ours = fastadv.evaluate(model, (x, y), eps=eps, alpha=alpha, steps=20, restarts=1,
+                            attack=fastadv.AttackSpec("pgd", eps=eps, alpha=alpha, steps=20, random_start=False))
+    atk = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=20, random_start=False)
+    theirs = torch.cat([(model(atk(x[i:i + 250], y[i:i + 250])).argmax(1) == y[i:i + 250])
+                        for i in range(0, 1000, 250)]).float().mean().item()
+    print(f"PGD-20 robust accuracy: fastadv {ours.robust_acc:.4f}, torchattacks {theirs:.4f}")
+    assert ours.robust_acc > 0.3, "the fixture model should be robust enough for the comparison to mean something"
+    assert abs(ours.robust_acc - theirs) <= 0.01

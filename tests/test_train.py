@@ -1,0 +1,81 @@
+"""The training loop end to end: run directory contract, determinism, eval reproduces the run."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+import fastadv
+from fastadv.cli import main
+from fastadv.trainer import METRIC_FIELDS
+
+QUICK = {"dataset": "synthetic", "model": "small-cnn", "epochs": 2, "batch_size": 64, "eval_size": 128,
+         "eval_attack_steps": 3, "final_attack_steps": 5, "progress": False, "lr_max": 0.05, "replays": 2}
+
+
+@pytest.mark.parametrize("method", ["standard", "free", "fgsm-rs", "pgd"])
+def test_run_directory_contract(method, tmp_path):
+    result = fastadv.train({**QUICK, "method": method, "attack_steps": 2, "out_dir": str(tmp_path)})
+    run = result.run_dir
+    for name in ("config.json", "metrics.csv", "summary.json", "model.safetensors", "model.pt"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("clean_acc", "robust_acc", "attack", "train_seconds", "steps", "epochs", "name",
+                "grad_computations"):
+        assert key in summary
+    assert summary["attack"].startswith("PGD-5 (1 restart, eps=0.1")
+    assert 0 <= summary["robust_acc"] <= summary["clean_acc"] <= 1
+    minibatches = 2 * 32  # 2 epochs of 2048 / 64
+    expected_passes = {"standard": 1, "free": 2, "fgsm-rs": 2, "pgd": 3}[method] * minibatches
+    assert summary["grad_computations"] == expected_passes
+    assert summary["steps"] == minibatches * (2 if method == "free" else 1)
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert list(rows[0]) == METRIC_FIELDS and len(rows) >= 5
+    assert int(rows[-1]["step"]) == summary["steps"]
+    # weights load without unpickling anything
+    state = torch.load(run / "model.pt", weights_only=True)
+    assert "0.mean" in state
+    assert list(run.glob("events.out.tfevents.*")), "TensorBoard events missing (tensorboard is a test extra)"
+
+
+def test_same_seed_same_figures(tmp_path):
+    figures = []
+    for i in range(2):
+        s = fastadv.train({**QUICK, "method": "free", "out_dir": str(tmp_path / str(i)), "seed": 3}).summary
+        figures.append({k: v for k, v in s.items() if not k.endswith("seconds")})
+    assert figures[0] == figures[1]
+    other = fastadv.train({**QUICK, "method": "free", "out_dir": str(tmp_path / "x"), "seed": 4}).summary
+    assert other["clean_loss"] != figures[0]["clean_loss"]
+
+
+def test_cli_eval_reproduces_the_run(tmp_path, capsys):
+    result = fastadv.train({**QUICK, "method": "fgsm-rs", "out_dir": str(tmp_path)})
+    code = main(["eval", str(result.run_dir), "--steps", "5", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert out["robust_acc"] == pytest.approx(result.summary["robust_acc"], abs=1e-9)
+    assert out["clean_acc"] == pytest.approx(result.summary["clean_acc"], abs=1e-9)
+    # the .pt next to its config.json and the .safetensors alone load the same model
+    for name in ("model.pt", "model.safetensors"):
+        model = fastadv.load_model(result.run_dir / name)
+        assert not model.training
+
+
+def test_run_names_never_overwrite(tmp_path):
+    a = fastadv.train({**QUICK, "epochs": 0.5, "method": "standard", "out_dir": str(tmp_path), "name": "same"})
+    b = fastadv.train({**QUICK, "epochs": 0.5, "method": "standard", "out_dir": str(tmp_path), "name": "same"})
+    assert a.run_dir.name == "same" and b.run_dir.name == "same-2"
+
+
+def test_config_file_and_flags(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('dataset = "synthetic"\nmethod = "standard"\nepochs = 1\nprogress = false\n'
+                   'final_attack_steps = 2\neval_size = 64\n')
+    assert main(["train", "--config", str(cfg), "--epochs", "0.5", "--out-dir", str(tmp_path / "r"),
+                 "--name", "cli"]) == 0
+    out = capsys.readouterr().out
+    assert "robust accuracy" in out and "run directory" in out
+    resolved = json.loads((tmp_path / "r" / "cli" / "config.json").read_text())
+    assert resolved["epochs"] == 0.5 and resolved["method"] == "standard"
