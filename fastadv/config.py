@@ -36,6 +36,7 @@ class TrainConfig:
     alpha: float | None = None  # attack step; None = method default (free: eps, fgsm-rs: 1.25 eps)
     replays: int = 8  # Free-m's m: times each minibatch is replayed
     attack_steps: int = 7  # PGD training's K
+    eps_warmup: float = 0.0  # fraction of training over which eps and alpha ramp up from 0
     # --- optimisation
     epochs: float = 10.0  # passes over the training data (Free-m: real passes, not replays)
     batch_size: int = 128
@@ -95,6 +96,7 @@ class TrainConfig:
             (self.alpha is None or self.alpha > 0, f"alpha must be > 0, got {self.alpha}"),
             (self.final_alpha is None or self.final_alpha > 0,
              f"final_alpha must be > 0, got {self.final_alpha}"),
+            (0.0 <= self.eps_warmup <= 1.0, f"eps_warmup must be in [0, 1], got {self.eps_warmup}"),
             (self.replays >= 1, f"replays must be >= 1, got {self.replays}"),
             (self.attack_steps >= 1, f"attack_steps must be >= 1, got {self.attack_steps}"),
             (self.epochs > 0 and math.isfinite(self.epochs), f"epochs must be > 0, got {self.epochs}"),

@@ -1,18 +1,22 @@
 """The `make demo` / `fastadv demo` recipe: a robust MNIST classifier in about a minute on 2 CPU cores."""
 
-# FGSM with random start (Wong et al. 2020) on the small CNN, Adam with a 1cycle LR.
-# Free-m was measured on the same budget and stays below 88% PGD-20 at eps=0.3 on MNIST
-# (figures in docs/ and the issue notes); it remains the default method for CIFAR.
+# PGD-3 training (step 0.15 = eps/2) of the small CNN with eps ramped up from 0 over the
+# first 30% of training, Adam with a 1cycle-shaped LR (0 -> 5e-3 at 40% -> 0), 8 epochs.
+# Measured on 2 CPU cores (1,000 test points, PGD-20, step eps/4): 99.3% clean, 92.7% robust,
+# 66 s of training. Same budget, same eval: FGSM-RS (alpha 1.25 eps, same ramp) 98.5% / 87.6%;
+# Free-m (m=4, Adam) 98.8% / 0.0%, so Free-m stays the method for CIFAR, not this demo.
 DEMO_CONFIG = {
     "dataset": "mnist",
     "model": "small-cnn",
-    "method": "fgsm-rs",
+    "method": "pgd",
+    "attack_steps": 3,
     "eps": 0.3,
-    "alpha": 0.375,  # 1.25 eps: Wong et al.'s MNIST step
-    "epochs": 10,
+    "alpha": 0.15,
+    "eps_warmup": 0.3,
+    "epochs": 8,
     "batch_size": 100,
     "optimizer": "adam",
-    "lr_schedule": "one-cycle:lr_max=0.005",
+    "lr_schedule": "one-cycle:peak=0.4,end_cycle=1,div=1e9",
     "lr_max": 0.005,
     "momentum": 0.9,  # Adam beta1
     "weight_decay": 0.0,

@@ -167,6 +167,11 @@ def fmt(v: Any) -> Any:
     return f"{v:.6g}" if isinstance(v, float) else v
 
 
+def eps_ramp(progress: float, warmup: float) -> float:
+    """Multiplier of eps and alpha: linear from 0 to 1 over the first ``warmup`` of training."""
+    return 1.0 if warmup <= 0 else min(1.0, progress / warmup)
+
+
 # ----------------------------------------------------------------------------- the loop
 def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResult:
     """Train a model as ``config`` says and write its run directory; returns a RunResult."""
@@ -216,6 +221,8 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
     try:
         while mb_done < minibatches:
             for x, y in batches(data.x_train, data.y_train, cfg.batch_size, generator=data_gen, augment=augment):
+                ramp = eps_ramp(mb_done / minibatches, cfg.eps_warmup)
+                ctx.eps, ctx.alpha = eps * ramp, alpha * ramp
                 stats = method.step(ctx, x, y)
                 acc += torch.stack([stats.loss_sum.double(), stats.correct.double(),
                                     torch.tensor(float(stats.count), dtype=torch.float64, device=device)])
