@@ -6,18 +6,14 @@ on stderr and exit code 2; no tracebacks.
 from __future__ import annotations
 
 import argparse
-import ast
 import inspect
 import json
 import sys
+import typing
 from dataclasses import fields
 from pathlib import Path
 
-from fastadv.config import ConfigError, TrainConfig, coerce, parse_number, read_config_file
-import typing
-
-USER_ERRORS: tuple[type[Exception], ...] = ()  # filled lazily (keeps `fastadv --help` fast)
-
+from fastadv.config import ConfigError, TrainConfig, parse_number
 
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors and exit code 2."""

@@ -155,29 +155,36 @@ def read_npz(path: Path) -> tuple[np.ndarray, ...]:
     except DataError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise DataError(f"cannot read {path}: {first_line(exc)}") from None
 
 
 def torchvision_loader(name: str, tv_class: str, layout: str):
     """Loader reading ``<name>.npz`` or torchvision's layout, downloading into the cache last."""
 
     def load(roots: list[Path], download: bool):
+        unreadable = []  # torchvision folders that exist but are incomplete
         for root in roots:
             if (root / f"{name}.npz").is_file():
                 return read_npz(root / f"{name}.npz"), str(root / f"{name}.npz")
             if (root / layout).exists():
-                return read_torchvision(tv_class, root, download=False), f"{root / layout} (torchvision)"
-        looked = ", ".join(str(r) for r in roots)
+                try:
+                    return read_torchvision(tv_class, root, download=False), f"{root / layout} (torchvision)"
+                except (RuntimeError, OSError, ValueError, EOFError) as exc:
+                    unreadable.append(f"{root / layout} unreadable: {first_line(exc)[:80]}")
+        looked = f"looked for {name}.npz or {layout}/ in {', '.join(str(r) for r in roots)}"
+        looked += "".join(f"; {u}" for u in unreadable)
         if download:
             try:
                 return read_torchvision(tv_class, cache_dir(), download=True), f"{cache_dir()} (downloaded)"
             except Exception as exc:  # network errors come in many types
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise DataError(f"dataset {name!r} not found: looked for {name}.npz or {layout}/ in {looked}; "
-                                f"download failed ({reason[:120]})") from None
-        raise DataError(f"dataset {name!r} not found: looked for {name}.npz or {layout}/ in {looked}")
+                raise DataError(f"dataset {name!r} not found: {looked}; download failed ({first_line(exc)[:120]})") from None
+        raise DataError(f"dataset {name!r} not found: {looked}")
 
     return load
+
+
+def first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def read_torchvision(tv_class: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:

@@ -113,3 +113,11 @@ def test_augmentation_is_a_shifted_or_flipped_crop():
         crops = [padded[i, :, r:r + 8, c:c + 8] for r in range(5) for c in range(5)]
         assert any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(-1)) for c in crops)
     assert not torch.equal(out, x)  # something moved
+
+
+def test_incomplete_torchvision_folder_is_reported_not_raised(tmp_path, monkeypatch):
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)  # e.g. left by a download that failed
+    monkeypatch.setenv("FASTADV_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="MNIST unreadable") as err:
+        load_dataset("mnist", str(tmp_path), download=False)
+    assert "\n" not in str(err.value)
