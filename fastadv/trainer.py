@@ -228,7 +228,7 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
                                     torch.tensor(float(stats.count), dtype=torch.float64, device=device)])
                 passes += stats.passes
                 mb_done += 1
-                log.bar.update(stats.passes if cfg.method == "free" else steps_per_mb)
+                log.bar.update(steps_per_mb)
                 last = mb_done >= minibatches
                 if ctx.iteration >= next_eval or last:
                     if device.type == "cuda":
