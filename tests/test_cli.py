@@ -23,7 +23,7 @@ BAD_TRAIN = [
     (["--dataset", "imagenet"], "unknown dataset 'imagenet' (valid: cifar10, cifar100, digits"),
     (["--model", "vgg"], "unknown model 'vgg' (valid: fast-cnn, preact-resnet18"),
     (["--method", "trades"], "unknown method 'trades' (valid: fgsm-rs, free, pgd, standard)"),
-    (["--lr-schedule", "cosine"], "unknown schedule 'cosine' (valid: constant, one-cycle, piecewise)"),
+    (["--lr-schedule", "cosine"], "unknown schedule 'cosine' (valid: constant, cyclical, exponential, linear"),
     (["--lr-schedule", "one-cycle:peek=0.3"], "schedule 'one-cycle' has no parameter(s) peek"),
     (["--momentum-schedule", "bouncy"], "unknown momentum schedule 'bouncy'"),
     (["--optimizer", "rmsprop"], "optimizer must be one of sgd, adam"),
