@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fastadv.config import ConfigError, TrainConfig, parse_number
 
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors and exit code 2."""
 
