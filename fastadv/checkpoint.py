@@ -14,12 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastadv.errors import UserError
 from fastadv.models import build_model
 
 ARCH_KEYS = ("model", "num_classes", "channels", "size", "mean", "std", "depth", "width", "dataset")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A weights file or run directory that cannot be loaded; one line for the user."""
 
 

@@ -14,8 +14,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from fastadv.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A bad configuration value; the message is one line meant for the user."""
 
 
@@ -47,6 +49,9 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum, or Adam beta1, for the constant schedule
     nesterov: bool = False
     weight_decay: float = 2e-4
+    # --- speed
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (with a GradScaler on CUDA) | auto (bf16 on CUDA, fp32 on CPU)
+
     # --- evaluation
     eval_every: int = 0  # optimizer steps between held-out checks (0 = about 10 per run)
     eval_size: int = 1000  # fixed held-out test points for the periodic check
@@ -56,6 +61,7 @@ class TrainConfig:
     final_alpha: float | None = None  # None = eps/4
     final_limit: int = 0  # final evaluation on the first N test points (0 = all)
     eval_batch_size: int = 500
+
     # --- run
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -115,6 +121,8 @@ class TrainConfig:
             (self.train_limit >= 0, f"train_limit must be >= 0, got {self.train_limit}"),
             (self.width >= 1, f"width must be >= 1, got {self.width}"),
             (self.optimizer in ("sgd", "adam"), f"optimizer must be one of sgd, adam, got {self.optimizer!r}"),
+            (self.precision in ("fp32", "bf16", "fp16", "auto"),
+             f"precision must be one of fp32, bf16, fp16, auto, got {self.precision!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -17,8 +17,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from fastadv.errors import UserError
 
-class DataError(RuntimeError):
+
+class DataError(UserError, RuntimeError):
     """A dataset could not be found or read; the message is one line for the user."""
 
 

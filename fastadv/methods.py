@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fastadv.attacks import pgd
+from fastadv.precision import FP32, Precision
 
 
 @dataclass
@@ -32,11 +33,18 @@ class StepContext:
     generator: torch.Generator | None = None  # random starts
     iteration: int = 0  # optimizer steps taken so far
     state: dict = field(default_factory=dict)
+    precision: Precision = field(default_factory=lambda: FP32)  # autocast, scaled backward and optimizer step
 
     def optimizer_step(self) -> None:
         self.set_hyperparams(self.iteration)
-        self.optimizer.step()
+        self.precision.step(self.optimizer)
         self.iteration += 1
+
+    def attack(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
+        """PGD-``steps`` from a random start at the current eps and alpha, under the step's autocast."""
+        with self.precision.autocast():
+            return pgd(self.model, x, y, eps=self.eps, alpha=self.alpha, steps=steps, random_start=True,
+                       generator=self.generator)
 
 
 @dataclass
@@ -51,10 +59,11 @@ class StepStats:
 
 def sgd_on(ctx: StepContext, x_in: torch.Tensor, y: torch.Tensor) -> StepStats:
     """One ordinary optimizer step on inputs x_in (already perturbed)."""
-    logits = ctx.model(x_in)
-    loss = F.cross_entropy(logits, y)
+    with ctx.precision.autocast():
+        logits = ctx.model(x_in)
+    loss = F.cross_entropy(logits.float(), y)
     ctx.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    ctx.precision.backward(loss)
     ctx.optimizer_step()
     return StepStats(loss.detach() * len(y), (logits.argmax(1) == y).sum(), len(y), 1)
 
@@ -88,9 +97,7 @@ def standard_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepSta
 @register_method("fgsm-rs", description="FGSM from a uniform random start, step alpha=1.25 eps (Wong et al. 2020)",
                  passes=lambda m, k: 2, alpha=lambda eps, k: 1.25 * eps)
 def fgsm_rs_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
-    x_adv = pgd(ctx.model, x, y, eps=ctx.eps, alpha=ctx.alpha, steps=1, random_start=True,
-                generator=ctx.generator)
-    stats = sgd_on(ctx, x_adv, y)
+    stats = sgd_on(ctx, ctx.attack(x, y, steps=1), y)
     stats.passes = 2
     return stats
 
@@ -98,9 +105,7 @@ def fgsm_rs_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStat
 @register_method("pgd", description="Madry PGD-K training (random start, K=attack_steps, alpha=2.5 eps/K)",
                  passes=lambda m, k: k + 1, alpha=lambda eps, k: 2.5 * eps / k)
 def pgd_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
-    x_adv = pgd(ctx.model, x, y, eps=ctx.eps, alpha=ctx.alpha, steps=ctx.attack_steps,
-                random_start=True, generator=ctx.generator)
-    stats = sgd_on(ctx, x_adv, y)
+    stats = sgd_on(ctx, ctx.attack(x, y, steps=ctx.attack_steps), y)
     stats.passes = ctx.attack_steps + 1
     return stats
 
@@ -128,10 +133,11 @@ def free_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
     correct = torch.zeros((), dtype=torch.long, device=x.device)
     for _ in range(ctx.replays):
         delta.requires_grad_(True)
-        logits = ctx.model((x + delta).clamp(0.0, 1.0))
-        loss = F.cross_entropy(logits, y)
+        with ctx.precision.autocast():
+            logits = ctx.model((x + delta).clamp(0.0, 1.0))
+        loss = F.cross_entropy(logits.float(), y)
         ctx.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # one pass: weight gradients and the input gradient
+        ctx.precision.backward(loss)  # one pass: weight gradients and the input gradient (sign is scale-free)
         ctx.optimizer_step()
         delta = (delta.detach() + ctx.alpha * delta.grad.sign()).clamp(-ctx.eps, ctx.eps)
         loss_sum += loss.detach() * n

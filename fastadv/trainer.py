@@ -28,6 +28,7 @@ from fastadv.data import DATASETS, Dataset, batches, batches_per_epoch, load_dat
 from fastadv.evaluation import AttackSpec, evaluate
 from fastadv.methods import METHODS, StepContext
 from fastadv.models import MODELS
+from fastadv.precision import make_precision
 
 METRIC_FIELDS = ["step", "epoch", "seconds", "lr", "momentum", "train_loss", "train_acc",
                  "clean_loss", "clean_acc", "adv_loss", "adv_acc", "grad_computations"]
@@ -167,6 +168,15 @@ def fmt(v: Any) -> Any:
     return f"{v:.6g}" if isinstance(v, float) else v
 
 
+def observe_schedules(fns, step: int, check) -> None:
+    """Give held-out results to schedules that adapt to them (those with an ``observe`` method)."""
+    for fn in fns:
+        observe = getattr(fn, "observe", None)
+        if observe is not None:
+            observe(step, {"clean_acc": check.clean_acc, "adv_acc": check.robust_acc,
+                           "clean_loss": check.clean_loss, "adv_loss": check.robust_loss})
+
+
 def eps_ramp(progress: float, warmup: float) -> float:
     """Multiplier of eps and alpha: linear from 0 to 1 over the first ``warmup`` of training."""
     return 1.0 if warmup <= 0 else min(1.0, progress / warmup)
@@ -200,7 +210,8 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
     generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # attack random starts
     data_gen = torch.Generator().manual_seed(cfg.seed)  # data order and augmentation
     ctx = StepContext(model, optimizer, eps, alpha, cfg.replays, cfg.attack_steps,
-                      hyperparam_setter(optimizer, lr_fn, mom_fn), generator)
+                      hyperparam_setter(optimizer, lr_fn, mom_fn), generator,
+                      precision=make_precision(cfg.precision, device))
 
     run_dir = fresh_run_dir(cfg.out_dir, cfg.name or run_name(cfg, eps))
     resolved = {**cfg.to_dict(), "eps": eps, "alpha": alpha, "augment": augment, "total_steps": total_steps,
@@ -247,6 +258,7 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
                              "clean_loss": check.clean_loss, "clean_acc": check.clean_acc,
                              "adv_loss": check.robust_loss, "adv_acc": check.robust_acc,
                              "grad_computations": passes})
+                    observe_schedules((lr_fn, mom_fn), ctx.iteration, check)
                     acc.zero_()
                     next_eval += eval_every
                     t0 = time.perf_counter()

@@ -1,0 +1,68 @@
+"""Pieces shared by the command modules: config flags, number flags, tables."""
+from __future__ import annotations
+
+import argparse
+import inspect
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+from fastadv.config import ConfigError, TrainConfig, parse_number
+
+
+def field_comments() -> dict[str, str]:
+    """The trailing ``# comment`` of each TrainConfig field, used as its --help text."""
+    source = inspect.getsource(TrainConfig)
+    out = {}
+    for line in source.splitlines():
+        stripped = line.strip()
+        if ":" in stripped and "#" in stripped and not stripped.startswith("#"):
+            name = stripped.split(":", 1)[0].strip()
+            out[name] = stripped.split("#", 1)[1].strip()
+    return out
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--field-name V`` flag per TrainConfig field (booleans get ``--no-...`` too)."""
+    hints = typing.get_type_hints(TrainConfig)
+    comments = field_comments()
+    group = parser.add_argument_group("config fields (override --config)")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{comments.get(f.name, '')} [default: {f.default}]".replace("%", "%%")
+        if hints[f.name] in (bool, bool | None):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="V", help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The config a command's flags describe: ``--config FILE`` (if any) overridden by flags."""
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    if getattr(args, "config", None):
+        return TrainConfig.from_file(args.config, overrides)
+    return TrainConfig.from_dict(overrides)
+
+
+def number_flag(name: str, text: str) -> float:
+    """Parse a flag value like '0.3' or '8/255'; one-line ConfigError otherwise."""
+    try:
+        return parse_number(text)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"--{name} expects a number such as 0.3 or 8/255, got {text!r}") from None
+
+
+def table(rows) -> str:
+    """Two aligned columns, one ``(label, value)`` pair a line."""
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def print_summary(summary: dict, run_dir: Path, label: str = "") -> None:
+    print(f"\n{label}{summary['dataset']} / {summary['model']} / {summary['method']}: "
+          f"{summary['steps']} steps, {summary['train_seconds']:.1f} s of training")
+    print(table([("clean accuracy", f"{100 * summary['clean_acc']:.2f}%"),
+                 ("robust accuracy", f"{100 * summary['robust_acc']:.2f}%"),
+                 ("attack", f"{summary['attack']} on {summary['eval_points']} test points")]))
+    print(f"run directory: {run_dir}")
