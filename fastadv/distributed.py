@@ -147,7 +147,8 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     if not active():
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)  # default: buffers synced from rank 0 each forward
+    # DDP's default syncs buffers from rank 0 before each forward
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

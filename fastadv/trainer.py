@@ -263,8 +263,8 @@ def train_run(cfg: TrainConfig, data: Dataset | None) -> RunResult:
                     if not math.isfinite(loss_sum):
                         raise TrainingDiverged(f"training loss became non-finite at step {ctx.iteration}; "
                                                f"lower lr_max (now {cfg.lr_max})")
-                    check = distributed.evaluate(model, monitor, attack=monitor_attack, batch_size=cfg.eval_batch_size,
-                                     seed=cfg.seed)
+                    check = distributed.evaluate(model, monitor, attack=monitor_attack,
+                                                 batch_size=cfg.eval_batch_size, seed=cfg.seed)
                     log.row({"step": ctx.iteration, "epoch": mb_done / batches_per_epoch(len(data.y_train), cfg.batch_size),
                              "seconds": train_seconds, "lr": lr_fn(max(ctx.iteration - 1, 0)),
                              "momentum": mom_fn(max(ctx.iteration - 1, 0)),
@@ -287,8 +287,8 @@ def train_run(cfg: TrainConfig, data: Dataset | None) -> RunResult:
     final = AttackSpec("pgd", eps=eps, alpha=cfg.final_alpha, steps=cfg.final_attack_steps,
                        restarts=cfg.final_restarts)
     t_eval = time.perf_counter()
-    result = distributed.evaluate(model, data, attack=final, limit=cfg.final_limit, batch_size=cfg.eval_batch_size,
-                      seed=cfg.seed)
+    result = distributed.evaluate(model, data, attack=final, limit=cfg.final_limit,
+                                  batch_size=cfg.eval_batch_size, seed=cfg.seed)
     n_train = len(data.y_train)
     summary = {
         "name": run_dir.name, "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method,
