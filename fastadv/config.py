@@ -335,8 +335,12 @@ def check_spec_types(field: str, spec: str, registry: dict) -> None:
         return  # build() names the valid shapes
     signature = inspect.signature(registry[name]).parameters
     for key, value in params.items():
-        default = signature[key].default if key in signature else None
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and not isinstance(value, float):
+        if key not in signature:
+            continue  # build() names the valid parameters
+        default, annotation = signature[key].default, str(signature[key].annotation)
+        numeric = (isinstance(default, (int, float)) and not isinstance(default, bool)) or annotation in (
+            "float", "int", "float | None", "int | None")
+        if numeric and not isinstance(value, float):
             raise ConfigError(f"{field} {spec!r}: {key} expects a number, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{field} {spec!r}: {key} must be a finite number, got {value}")
