@@ -7,8 +7,10 @@ errors (``ConfigError``), which the CLI prints as one line with exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -73,11 +75,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
         """Build from a mapping; unknown keys and bad types raise ConfigError."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"a config must be a mapping of key = value pairs, got {type(values).__name__}")
         known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
+        unknown = sorted(set(values) - set(known), key=str)
         if unknown:
-            raise ConfigError(f"unknown config key(s): {', '.join(unknown)} "
-                              f"(valid: {', '.join(known)})")
+            raise ConfigError(unknown_keys_message(unknown, list(known)))
         hints = typing.get_type_hints(cls)
         kwargs = {k: coerce(k, v, hints[k]) for k, v in values.items()}
         return cls(**kwargs).validated()
@@ -96,7 +99,20 @@ class TrainConfig:
 
     # ---------------------------------------------------------------- checks
     def validated(self) -> "TrainConfig":
-        """Check values that need no registry lookup; registries check names when used."""
+        """Check each value on its own (ranges, finiteness, formats); raise ConfigError naming the first bad one.
+
+        Checks that need the registries (names, schedule specs, model arguments) are in
+        ``check_config``; checks that need the data (image size) happen when the model is built.
+        """
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):  # values built without from_dict (e.g. TrainConfig(eps=nan)) too
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if hints[f.name] in (float, float | None) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
+            if hints[f.name] in (int, int | None) and not INT_MIN <= value <= INT_MAX:
+                raise ConfigError(f"{f.name} is out of range, got {value}")
         checks = [
             (self.eps is None or 0.0 <= self.eps <= 1.0, f"eps must be in [0, 1], got {self.eps}"),
             (self.alpha is None or self.alpha > 0, f"alpha must be > 0, got {self.alpha}"),
@@ -120,6 +136,13 @@ class TrainConfig:
             (self.final_limit >= 0, f"final_limit must be >= 0, got {self.final_limit}"),
             (self.train_limit >= 0, f"train_limit must be >= 0, got {self.train_limit}"),
             (self.width >= 1, f"width must be >= 1, got {self.width}"),
+            (self.depth >= 1, f"depth must be >= 1, got {self.depth}"),
+            (0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}"),
+            (DEVICE_PATTERN.fullmatch(self.device) is not None,
+             f"unknown device {self.device!r} (valid: auto, cpu, cuda, cuda:N, mps)"),
+            (self.name is None or valid_run_name(self.name),
+             f"name must be a plain folder name (no '/', not '.' or '..'), got {self.name!r}"),
+            (self.out_dir != "", "out_dir cannot be empty"),
             (self.optimizer in ("sgd", "adam"), f"optimizer must be one of sgd, adam, got {self.optimizer!r}"),
             (self.precision in ("fp32", "bf16", "fp16", "auto"),
              f"precision must be one of fp32, bf16, fp16, auto, got {self.precision!r}"),
@@ -130,21 +153,34 @@ class TrainConfig:
         return self
 
 
-def parse_number(text: str) -> float:
-    """Parse '0.3', '8/255' or '2e-4' into a float; ValueError otherwise."""
+INT_MIN, INT_MAX = -2**63, 2**63 - 1  # what torch and NumPy accept as an integer argument
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number (e.g. 0.3 or 8/255)", str: "a string"}
+
+
+def parse_fraction(text: str) -> float:
+    """Parse '0.3', '8/255' or '2e-4' into a float (inf and nan pass); ValueError otherwise."""
     text = text.strip()
     if "/" in text:
         num, _, den = text.partition("/")
-        value = float(num) / float(den)
-    else:
-        value = float(text)
+        return float(num) / float(den)
+    return float(text)
+
+
+def parse_number(text: str) -> float:
+    """Parse '0.3', '8/255' or '2e-4' into a finite float; ValueError otherwise."""
+    value = parse_fraction(text)
     if not math.isfinite(value):
         raise ValueError(text)
     return value
 
 
 def coerce(key: str, value: Any, hint: Any) -> Any:
-    """Convert ``value`` (a string from the CLI, or a TOML/JSON value) to the field's type."""
+    """Convert ``value`` (a string from the CLI, or a TOML/JSON value) to the field's type.
+
+    Strings are accepted for every type (the CLI gives strings; a TOML file may write
+    ``eps = "8/255"``); ranges are checked afterwards by ``TrainConfig.validated``.
+    """
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if args else hint
@@ -164,37 +200,174 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
         if base is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(value)
+            if isinstance(value, (int, float)):
+                return int(value)
+            if isinstance(value, str):
+                return int(value.strip())
+            raise ValueError
         if base is float:
             if isinstance(value, bool):
                 raise ValueError
-            return parse_number(value) if isinstance(value, str) else float(value)
+            if isinstance(value, str):
+                return parse_fraction(value)
+            if isinstance(value, (int, float)):
+                return float(value)
+            raise ValueError
         if base is str:
             if not isinstance(value, str):
                 raise ValueError
             return value
-    except (TypeError, ValueError, ZeroDivisionError):
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
         pass
-    raise ConfigError(f"{key} expects {getattr(base, '__name__', base)}, got {value!r}")
+    raise ConfigError(f"{key} expects {TYPE_NAMES.get(base, getattr(base, '__name__', base))}, got {value!r}")
+
+
+def unknown_keys_message(unknown: list, known: list[str]) -> str:
+    """'unknown config key(s): lr (did you mean lr_max?) (valid: ...)'."""
+    named = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+        named.append(f"{key} (did you mean {close[0]}?)" if close else str(key))
+    return f"unknown config key(s): {', '.join(named)} (valid: {', '.join(known)})"
+
+
+def valid_run_name(name: str) -> bool:
+    """A run name is one folder inside out_dir: no separators, not '.' or '..', no NUL."""
+    return bool(name.strip()) and not set(name) & {"/", "\\", "\0"} and name not in (".", "..")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or JSON config into a flat dict; one-line ConfigError on failure."""
+    """Read a TOML or JSON config into a flat dict; one-line ConfigError on failure.
+
+    ``.json`` files are JSON; anything else is read as TOML. The file must be one flat table
+    of ``key = value`` pairs: a ``[section]`` is an error that names it.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if path.suffix.lower() in (".yaml", ".yml", ".ini", ".cfg", ".py"):
+        raise ConfigError(f"config file {path}: {path.suffix} is not supported (use .toml or .json)")
     try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
         else:
             import tomllib
 
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:  # tomllib.TOMLDecodeError is a ValueError
         raise ConfigError(f"cannot parse config file {path}: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a table of key = value pairs")
+        raise ConfigError(f"config file {path} must hold a table of key = value pairs, "
+                          f"not a {type(data).__name__}")
+    known = {f.name for f in fields(TrainConfig)}
+    sections = [k for k, v in data.items() if isinstance(v, dict) and k not in known]
+    if sections:
+        raise ConfigError(f"config file {path}: [{sections[0]}] is a section; fastadv configs are one flat "
+                          f"table of key = value pairs (move its keys to the top level)")
     return data
+
+
+# ----------------------------------------------------------------------------- checks needing registries
+def check_config(cfg: TrainConfig) -> None:
+    """Everything that can be checked before any data is read: registry names (with the valid
+    ones), schedule specs (parameter types, contradictions, the values they produce), the model's
+    own arguments (e.g. wide-resnet depth), and that a given ``data_dir`` exists.
+    Raises ConfigError with one line.
+    """
+    from fastadv.data import DATASETS, unknown_name
+    from fastadv.methods import METHODS
+    from fastadv.models import MODELS
+
+    for kind, name, registry in (("dataset", cfg.dataset, DATASETS), ("model", cfg.model, MODELS),
+                                 ("method", cfg.method, METHODS)):
+        if name not in registry:
+            raise ConfigError(unknown_name(kind, name, registry))
+    check_schedules(cfg)
+    check_model_args(cfg)
+    if cfg.data_dir is not None and not Path(cfg.data_dir).expanduser().is_dir():
+        raise ConfigError(f"data_dir not found: {cfg.data_dir}")
+
+
+SCHEDULE_SAMPLES = 1000  # steps at which a schedule is evaluated to check its values
+
+
+def check_schedules(cfg: TrainConfig) -> None:
+    """Build both schedules; their parameters must have the right types and values in range.
+
+    The LR must be finite and >= 0 everywhere and > 0 somewhere; momentum (Adam: beta1) in [0, 1).
+    Values are checked at SCHEDULE_SAMPLES + 1 evenly spaced points of training.
+    """
+    from fastadv import schedules
+
+    for field, spec, registry, defaults in (
+            ("lr_schedule", cfg.lr_schedule, schedules.SHAPES, {"lr_max": cfg.lr_max}),
+            ("momentum_schedule", cfg.momentum_schedule, schedules.MOMENTUM_SHAPES, {"momentum": cfg.momentum})):
+        check_spec_types(field, spec, registry)
+        fn = schedules.build(spec, SCHEDULE_SAMPLES, registry, **defaults)
+        try:
+            values = [fn(step) for step in range(SCHEDULE_SAMPLES + 1)]
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:
+            raise ConfigError(f"{field} {spec!r} cannot be evaluated: {str(exc).splitlines()[0]}") from None
+        bad = next((v for v in values if not math.isfinite(v)), None)
+        if bad is not None:
+            raise ConfigError(f"{field} {spec!r} gives a non-finite value ({bad})")
+        if field == "lr_schedule" and (min(values) < 0 or max(values) <= 0):
+            raise ConfigError(f"lr_schedule {spec!r} gives learning rates from {min(values):.3g} to "
+                              f"{max(values):.3g}; they must be >= 0 and not all 0")
+        if field == "momentum_schedule" and not (0 <= min(values) and max(values) < 1):
+            raise ConfigError(f"momentum_schedule {spec!r} gives momenta from {min(values):.3g} to "
+                              f"{max(values):.3g}; they must be in [0, 1)")
+
+
+def check_spec_types(field: str, spec: str, registry: dict) -> None:
+    """A spec parameter whose default is a number must be given a number ('peak=abc' is an error)."""
+    import inspect
+
+    from fastadv import schedules
+
+    name, params = schedules.parse_spec(spec)
+    if name not in registry:
+        return  # build() names the valid shapes
+    signature = inspect.signature(registry[name]).parameters
+    for key, value in params.items():
+        if key not in signature:
+            continue  # build() names the valid parameters
+        default, annotation = signature[key].default, str(signature[key].annotation)
+        numeric = (isinstance(default, (int, float)) and not isinstance(default, bool)) or annotation in (
+            "float", "int", "float | None", "int | None")
+        if numeric and not isinstance(value, float):
+            raise ConfigError(f"{field} {spec!r}: {key} expects a number, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{field} {spec!r}: {key} must be a finite number, got {value}")
+
+
+def check_model_args(cfg: TrainConfig, data=None) -> None:
+    """Build the model on PyTorch's meta device (no memory, no compute) and run one image through it,
+    so bad arguments (wide-resnet depth 5) or, given the ``data`` (a Dataset), images too small for
+    the net fail as ConfigError before any work. Without data a 3 x 32 x 32 image is used.
+    """
+    import torch
+
+    from fastadv.models import build_model
+
+    channels, size, classes = (data.channels, data.size, data.num_classes) if data is not None else (3, 32, 10)
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model, num_classes=classes, channels=channels, size=size,
+                                depth=cfg.depth, width=cfg.width)
+            model.eval()(torch.zeros(1, channels, size, size))
+    except (ValueError, RuntimeError, TypeError) as exc:
+        where = f" for {data.name}'s {channels}x{size}x{size} images" if data is not None else ""
+        raise ConfigError(f"model {cfg.model!r} cannot be built{where}: {first_line(exc)}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 # Each dataset's standard threat model, used when eps is not given.
@@ -209,4 +382,5 @@ def resolve_eps(cfg: TrainConfig) -> float:
     return DEFAULT_EPS.get(cfg.dataset, CIFAR_EPS)
 
 
-__all__ = ["TrainConfig", "ConfigError", "parse_number", "read_config_file", "resolve_eps"]
+__all__ = ["TrainConfig", "ConfigError", "parse_number", "read_config_file", "resolve_eps", "check_config",
+           "check_model_args"]

@@ -278,14 +278,25 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
 
 
 def batches(x_u8: torch.Tensor, y: torch.Tensor, batch_size: int, *, generator: torch.Generator,
-            augment: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One pass over the data: slices of a random permutation, as float [0,1] batches."""
+            augment: bool = False, shard: Callable[[int], slice] | None = None
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One pass over the data: slices of a random permutation, as float [0,1] batches.
+
+    ``shard(n)`` (``fastadv.distributed.rows`` under DDP) picks this process's rows of each global
+    batch of n, after augmentation, so every process draws the same random numbers; a batch whose
+    shard is empty is skipped.
+    """
     perm = torch.randperm(len(y), generator=generator).to(y.device)
     for start in range(0, len(y), batch_size):
         idx = perm[start:start + batch_size]
         xb = to_float(x_u8[idx])
         if augment:
             xb = augment_batch(xb, generator)
+        if shard is not None:
+            part = shard(len(idx))
+            if part.stop <= part.start:
+                continue
+            xb, idx = xb[part], idx[part]
         yield xb, y[idx]
 
 

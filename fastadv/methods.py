@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fastadv.attacks import pgd
+from fastadv.distributed import unwrap
 from fastadv.precision import FP32, Precision
 
 
@@ -41,9 +42,12 @@ class StepContext:
         self.iteration += 1
 
     def attack(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
-        """PGD-``steps`` from a random start at the current eps and alpha, under the step's autocast."""
+        """PGD-``steps`` from a random start at the current eps and alpha, under the step's autocast.
+
+        Runs on the plain module inside a DDP wrapper: input gradients only, no gradient all-reduce.
+        """
         with self.precision.autocast():
-            return pgd(self.model, x, y, eps=self.eps, alpha=self.alpha, steps=steps, random_start=True,
+            return pgd(unwrap(self.model), x, y, eps=self.eps, alpha=self.alpha, steps=steps, random_start=True,
                        generator=self.generator)
 
 

@@ -21,13 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastadv import schedules
+from fastadv import distributed, schedules
 from fastadv.checkpoint import arch_of, model_from_arch, save_weights, write_json
-from fastadv.config import ConfigError, TrainConfig, resolve_eps
-from fastadv.data import DATASETS, Dataset, batches, batches_per_epoch, load_dataset, unknown_name
-from fastadv.evaluation import AttackSpec, evaluate
+from fastadv.config import ConfigError, TrainConfig, check_config, check_model_args, resolve_eps
+from fastadv.data import Dataset, batches, batches_per_epoch, load_dataset
+from fastadv.evaluation import AttackSpec
 from fastadv.methods import METHODS, StepContext
-from fastadv.models import MODELS
 from fastadv.precision import make_precision
 
 METRIC_FIELDS = ["step", "epoch", "seconds", "lr", "momentum", "train_loss", "train_acc",
@@ -58,17 +57,18 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"unknown device {name!r} (valid: auto, cpu, cuda, cuda:N, mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r} requested but MPS is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {name!r} (valid: auto, cpu, cuda, cuda:N, mps)")
     return device
 
 
 def check_names(cfg: TrainConfig) -> None:
-    """Registry names checked up front, so a typo fails before any work is done."""
-    for kind, name, registry in (("dataset", cfg.dataset, DATASETS), ("model", cfg.model, MODELS),
-                                 ("method", cfg.method, METHODS)):
-        if name not in registry:
-            raise ConfigError(unknown_name(kind, name, registry))
-    schedules.build(cfg.lr_schedule, 1, lr_max=cfg.lr_max)
-    schedules.build_momentum(cfg.momentum_schedule, 1, momentum=cfg.momentum)
+    """Names, schedules and model arguments checked up front, so a mistake fails before any work is done."""
+    check_config(cfg)
 
 
 def seed_everything(seed: int) -> None:
@@ -90,7 +90,10 @@ def fresh_run_dir(out_dir: str, name: str) -> Path:
     while path.exists():
         i += 1
         path = base.with_name(f"{name}-{i}")
-    path.mkdir(parents=True)
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
     return path
 
 
@@ -187,11 +190,20 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
     """Train a model as ``config`` says and write its run directory; returns a RunResult."""
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     check_names(cfg)
-    device = resolve_device(cfg.device)
+    with distributed.session(resolve_device(cfg.device)):  # torchrun: one process per device
+        return train_run(cfg, data)
+
+
+def train_run(cfg: TrainConfig, data: Dataset | None) -> RunResult:
+    """The body of ``train`` (inside the process group when there is one)."""
+    device = distributed.local_device(resolve_device(cfg.device))
+    distributed.per_rank_batch(cfg.batch_size)  # the global batch must split evenly across processes
     seed_everything(cfg.seed)
     if data is None:
-        data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, device=device)
+        with distributed.main_first():  # rank 0 fills the download cache before the others read it
+            data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, device=device)
     data = data.limit_train(cfg.train_limit).to(device)
+    check_model_args(cfg, data)
 
     method = METHODS[cfg.method]
     eps = resolve_eps(cfg)
@@ -207,31 +219,33 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
     arch = arch_of(cfg, data)
     model = model_from_arch(arch).to(device)
     optimizer = make_optimizer(cfg, model)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # attack random starts
+    generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(cfg.seed + 1))  # random starts
     data_gen = torch.Generator().manual_seed(cfg.seed)  # data order and augmentation
-    ctx = StepContext(model, optimizer, eps, alpha, cfg.replays, cfg.attack_steps,
+    ctx = StepContext(distributed.wrap(model, device), optimizer, eps, alpha, cfg.replays, cfg.attack_steps,
                       hyperparam_setter(optimizer, lr_fn, mom_fn), generator,
                       precision=make_precision(cfg.precision, device))
 
-    run_dir = fresh_run_dir(cfg.out_dir, cfg.name or run_name(cfg, eps))
+    run_dir = distributed.from_main(lambda: fresh_run_dir(cfg.out_dir, cfg.name or run_name(cfg, eps)))
     resolved = {**cfg.to_dict(), "eps": eps, "alpha": alpha, "augment": augment, "total_steps": total_steps,
                 "minibatches": minibatches, "eval_every": eval_every, "device": str(device),
                 "data_source": data.source, "train_size": len(data.y_train), "arch": arch, "versions": versions()}
-    write_json(run_dir / "config.json", resolved)
+    if distributed.is_main():
+        write_json(run_dir / "config.json", {**resolved, "world_size": distributed.world_size()})
 
     # Held-out check: fixed test points (the same for every run), quick PGD at eps/4.
     monitor_idx = torch.randperm(len(data.y_test), generator=torch.Generator().manual_seed(0))[:cfg.eval_size]
     monitor = (data.x_test[monitor_idx.to(device)], data.y_test[monitor_idx.to(device)])
     monitor_attack = AttackSpec("pgd", eps=eps, steps=cfg.eval_attack_steps, restarts=1)
 
-    log = RunLog(run_dir, total_steps, cfg.progress)
+    log = RunLog(run_dir, total_steps, cfg.progress) if distributed.is_main() else distributed.Silent()
     acc = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count since last row
     passes, train_seconds, next_eval, mb_done = 0, 0.0, eval_every, 0
     model.train()
     t0 = time.perf_counter()
     try:
         while mb_done < minibatches:
-            for x, y in batches(data.x_train, data.y_train, cfg.batch_size, generator=data_gen, augment=augment):
+            for x, y in batches(data.x_train, data.y_train, cfg.batch_size, generator=data_gen, augment=augment,
+                                shard=distributed.rows):
                 ramp = eps_ramp(mb_done / minibatches, cfg.eps_warmup)
                 ctx.eps, ctx.alpha = eps * ramp, alpha * ramp
                 stats = method.step(ctx, x, y)
@@ -245,12 +259,12 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     train_seconds += time.perf_counter() - t0
-                    loss_sum, correct, count = acc.tolist()
+                    loss_sum, correct, count = distributed.all_reduce_sum(acc).tolist()
                     if not math.isfinite(loss_sum):
                         raise TrainingDiverged(f"training loss became non-finite at step {ctx.iteration}; "
                                                f"lower lr_max (now {cfg.lr_max})")
-                    check = evaluate(model, monitor, attack=monitor_attack, batch_size=cfg.eval_batch_size,
-                                     seed=cfg.seed)
+                    check = distributed.evaluate(model, monitor, attack=monitor_attack,
+                                                 batch_size=cfg.eval_batch_size, seed=cfg.seed)
                     log.row({"step": ctx.iteration, "epoch": mb_done / batches_per_epoch(len(data.y_train), cfg.batch_size),
                              "seconds": train_seconds, "lr": lr_fn(max(ctx.iteration - 1, 0)),
                              "momentum": mom_fn(max(ctx.iteration - 1, 0)),
@@ -267,12 +281,14 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
     finally:
         log.close()
 
-    save_weights(model, run_dir, arch)
+    ranks = distributed.summary_fields(model)  # rank 0's buffers everywhere; weights identical on all ranks
+    if distributed.is_main():
+        save_weights(model, run_dir, arch)
     final = AttackSpec("pgd", eps=eps, alpha=cfg.final_alpha, steps=cfg.final_attack_steps,
                        restarts=cfg.final_restarts)
     t_eval = time.perf_counter()
-    result = evaluate(model, data, attack=final, limit=cfg.final_limit, batch_size=cfg.eval_batch_size,
-                      seed=cfg.seed)
+    result = distributed.evaluate(model, data, attack=final, limit=cfg.final_limit,
+                                  batch_size=cfg.eval_batch_size, seed=cfg.seed)
     n_train = len(data.y_train)
     summary = {
         "name": run_dir.name, "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method,
@@ -283,9 +299,10 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
         "steps": ctx.iteration, "epochs": mb_done / batches_per_epoch(n_train, cfg.batch_size),
         "minibatches": mb_done, "grad_computations": passes,
         "compute_epochs": passes * cfg.batch_size / n_train,  # fwd-bwd work in passes over the data
-        "seed": cfg.seed, "device": str(device),
+        "seed": cfg.seed, "device": str(device), **ranks,
     }
-    write_json(run_dir / "summary.json", summary)
+    if distributed.is_main():
+        write_json(run_dir / "summary.json", summary)
     return RunResult(run_dir, summary, model.eval(), cfg)
 
 

@@ -20,6 +20,7 @@ def configure(parser) -> None:
 
 def run(args) -> int:
     from fastadv.config import resolve_eps
+    from fastadv.distributed import is_main
     from fastadv.trainer import check_names, resolve_device, run_name, train
 
     cfg = config_from_args(args)
@@ -29,5 +30,6 @@ def run(args) -> int:
         return 0
     resolve_device(cfg.device)
     result = train(cfg)
-    print_summary(result.summary, result.run_dir)
+    if is_main():  # under torchrun, one summary
+        print_summary(result.summary, result.run_dir)
     return 0
