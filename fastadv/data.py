@@ -289,5 +289,53 @@ def batches(x_u8: torch.Tensor, y: torch.Tensor, batch_size: int, *, generator: 
         yield xb, y[idx]
 
 
+class BatchStream:
+    """Endless minibatches, epoch after epoch, with a position that can be saved and restored.
+
+    Draws the same numbers as ``batches`` called once per epoch with ``generator``: each
+    epoch's permutation is drawn when its first batch is asked for, augmentation draws come
+    right before each batch is handed out. ``state_dict()`` taken between two batches (the
+    current permutation, the offset into it, the generator state) lets a resumed run get
+    the very batches an uninterrupted one would.
+    """
+
+    def __init__(self, x_u8: torch.Tensor, y: torch.Tensor, batch_size: int, *, generator: torch.Generator,
+                 augment: bool = False):
+        self.x, self.y, self.batch_size, self.generator, self.augment = x_u8, y, batch_size, generator, augment
+        self.perm: torch.Tensor | None = None  # this epoch's order (CPU, int64)
+        self.start = 0  # offset of the next batch in perm
+        self.perm_on_device: torch.Tensor | None = None  # perm moved once per epoch, not per batch
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.y)
+        if self.perm is None or self.start >= n:
+            self.perm, self.start = torch.randperm(n, generator=self.generator), 0
+            self.perm_on_device = None
+        if self.perm_on_device is None:
+            self.perm_on_device = self.perm.to(self.y.device)
+        idx = self.perm_on_device[self.start:self.start + self.batch_size]
+        self.start += self.batch_size
+        xb = to_float(self.x[idx])
+        if self.augment:
+            xb = augment_batch(xb, self.generator)
+        return xb, self.y[idx]
+
+    def state_dict(self) -> dict:
+        perm = None if self.perm is None else self.perm.to(torch.int32)  # half the bytes; n < 2**31
+        return {"perm": perm, "start": self.start, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        perm = state["perm"]
+        if perm is not None and len(perm) != len(self.y):
+            raise DataError(f"saved data order covers {len(perm)} training images, this dataset has {len(self.y)}")
+        self.perm = None if perm is None else perm.long()
+        self.perm_on_device = None
+        self.start = int(state["start"])
+        self.generator.set_state(state["generator"])
+
+
 def batches_per_epoch(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
