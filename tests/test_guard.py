@@ -54,3 +54,43 @@ def test_guard_on_by_default_only_for_single_step_methods():
 def test_checkpoint_policy():
     assert checkpoint_due(10, 10, 0.0) and not checkpoint_due(10, 9, 1e6)  # every N steps
     assert checkpoint_due(0, 1, 240.0) and not checkpoint_due(0, 10**6, 239.0)  # 0: by the clock, 4 minutes
+
+
+QUICK = {"dataset": "synthetic", "model": "small-cnn", "method": "fgsm-rs", "epochs": 2, "batch_size": 64,
+         "eval_every": 8, "eval_size": 128, "eval_attack_steps": 3, "final_attack_steps": 3, "final_limit": 128,
+         "progress": False, "lr_max": 0.05, "seed": 1}
+
+
+def test_a_trip_restores_the_last_good_weights_and_is_recorded(tmp_path, capsys):
+    """co_drop=1e-6 makes the guard trip on the first held-out check that is worse at all.
+
+    Not catastrophic overfitting: the point is the mechanics on a real run. With the stop
+    remedy the final weights must be exactly those of the last good check's checkpoint.
+    """
+    import torch
+
+    result = fastadv.train({**QUICK, "co_drop": 1e-6, "co_remedy": "stop", "out_dir": str(tmp_path)})
+    summary, run = result.summary, result.run_dir
+    events = summary["events"]
+    assert summary["status"] == "stopped by the overfitting guard" and len(events) == 1
+    event = events[0]
+    assert event["event"] == "catastrophic_overfitting" and event["adv_acc"] < event["good_adv_acc"]
+    assert event["clean_acc"] >= event["good_clean_acc"] - 0.02
+    assert summary["steps"] == event["step"] < 64  # stopped early
+    good = torch.load(run / "checkpoints" / f"step-{event['good_step']:09d}.pt", weights_only=True)["model"]
+    final = torch.load(run / "model.pt", weights_only=True)
+    assert all(torch.equal(good[k], final[k]) for k in final)
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    flagged = [r for r in rows if r["event"]]
+    assert len(flagged) == 1 and flagged[0]["step"] == str(event["step"])
+    assert f"restored step {event['good_step']}" in flagged[0]["event"]
+    assert "catastrophic overfitting at step" in capsys.readouterr().err  # warned above the progress bar
+
+
+def test_alpha_remedy_goes_on_with_smaller_steps(tmp_path):
+    result = fastadv.train({**QUICK, "co_drop": 1e-6, "co_remedy": "alpha", "out_dir": str(tmp_path)})
+    events = result.summary["events"]
+    assert events and result.summary["status"] == "completed" and result.summary["steps"] == 64
+    assert [e["action"] for e in events][:2] == ["alpha now x0.5", "alpha now x0.25"][:len(events[:2])]
+    loop = json.loads((result.run_dir / "summary.json").read_text())
+    assert loop["co_guard"] is True
