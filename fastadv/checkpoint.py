@@ -117,3 +117,158 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> n
         raise CheckpointError(f"{weights} does not match model {arch['model']!r}: "
                               f"{str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}") from None
     return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- resume checkpoints
+# A run directory keeps its resume checkpoints in checkpoints/: step-<optimizer steps>.pt, a
+# torch.save'd dict of tensors and plain values (read back with weights_only=True, so nothing
+# else is unpickled), and step-<...>.pt.sha256 beside it ("<hex>  <name>", the format
+# `sha256sum -c` reads). The sidecar is written last: a checkpoint counts only when both files
+# exist and the hash matches, so a write cut short at any point leaves the previous one in use.
+CHECKPOINT_DIR = "checkpoints"
+KILL_HOOK = "FASTADV_CHECKPOINT_KILL"  # test hook: "N" = SIGKILL this process on its N-th checkpoint write,
+_writes = 0  # after the temporary file is complete and fsynced but before it is renamed
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:09d}.pt"
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.stem.split("-", 1)[1])
+
+
+def fsync_dir(path: Path) -> None:
+    """Make renames in ``path`` durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, kill_hook: bool = False) -> None:
+    """Temporary file in the same folder, flush + fsync, rename over ``path``, fsync the folder."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if kill_hook:
+            _maybe_kill()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+
+
+def _maybe_kill() -> None:
+    """The KILL_HOOK test hook: die like a SIGKILL'd run in the middle of a checkpoint write."""
+    global _writes
+    _writes += 1
+    if os.environ.get(KILL_HOOK) == str(_writes):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_checkpoint(run_dir: Path, step: int, state: dict, *, keep: tuple[str, ...] = ()) -> tuple[Path, int]:
+    """Write ``state`` as checkpoint ``step``; keep it, the one before it and the names in ``keep``.
+
+    Returns (path, bytes written). Older checkpoints are removed only once the new one is
+    complete. ``state`` holds tensors (any device: saved on the CPU) and plain values.
+    """
+    import hashlib
+    import io
+
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(to_cpu(state), buffer)
+    data = buffer.getvalue()
+    path = folder / checkpoint_name(step)
+    write_bytes_atomic(path, data, kill_hook=True)
+    digest = hashlib.sha256(data).hexdigest()
+    write_bytes_atomic(folder / f"{path.name}.sha256", f"{digest}  {path.name}\n".encode())
+    prune_checkpoints(folder, keep=(path.name, *keep))
+    return path, len(data)
+
+
+def to_cpu(obj: Any) -> Any:
+    """Tensors moved to the CPU inside nested dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoint files in ``folder`` (complete or not), newest first."""
+    return sorted(Path(folder).glob("step-*.pt"), key=checkpoint_step, reverse=True)
+
+
+def prune_checkpoints(folder: Path, keep: tuple[str, ...], last: int = 2) -> None:
+    """Remove all but the ``last`` newest checkpoints and those named in ``keep``."""
+    for i, path in enumerate(list_checkpoints(folder)):
+        if i >= last and path.name not in keep:
+            remove_checkpoint(path)
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Sidecar first: a half-removed checkpoint reads as incomplete, never as valid."""
+    Path(f"{path}.sha256").unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be used, or None when its sha256 matches."""
+    import hashlib
+
+    sidecar = Path(f"{path}.sha256")
+    if not sidecar.is_file():
+        return "incomplete (no .sha256 beside it: the run stopped while writing it)"
+    expected = sidecar.read_text().split()[:1]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if expected != [digest]:
+        return f"corrupted or truncated (sha256 mismatch, {path.stat().st_size} bytes)"
+    return None
+
+
+def latest_checkpoint(run_dir: Path, warn=print) -> Path:
+    """The newest checkpoint of ``run_dir`` whose checksum holds; each one skipped is warned about in one line.
+
+    Skipped checkpoints and stray temporary files are removed, so a resumed run writes over
+    nothing stale. Raises CheckpointError when none is usable.
+    """
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    skipped = []
+    for path in list_checkpoints(folder):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            for bad in skipped:
+                remove_checkpoint(bad)
+            return path
+        warn(f"checkpoint {CHECKPOINT_DIR}/{path.name} is {problem}; trying the previous one")
+        skipped.append(path)
+    where = f"{len(skipped)} damaged" if skipped else "none"
+    raise CheckpointError(f"no usable checkpoint in {run_dir} ({where} in {CHECKPOINT_DIR}/); start the run again")
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's dict on the CPU; only tensors and plain values are unpickled."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged zip or a pickled object weights_only refuses
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None

@@ -64,6 +64,13 @@ class TrainConfig:
     final_limit: int = 0  # final evaluation on the first N test points (0 = all)
     eval_batch_size: int = 500
 
+    # --- safety: resume checkpoints, catastrophic-overfitting guard
+    checkpoint_every: int = 0  # optimizer steps between resume checkpoints (0 = at held-out checks and every 4 min)
+    co_guard: bool | None = None  # catastrophic-overfitting guard; None = on for single-step methods (fgsm-rs, free)
+    co_drop: float = 0.2  # guard trips when held-out PGD accuracy falls by more than this while clean accuracy rises
+    co_remedy: str = "alpha"  # after restoring the last good weights: stop | alpha | lr (scaled by co_factor)
+    co_factor: float = 0.5  # what the alpha and lr remedies multiply their value by
+
     # --- run
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -144,6 +151,11 @@ class TrainConfig:
              f"name must be a plain folder name (no '/', not '.' or '..'), got {self.name!r}"),
             (self.out_dir != "", "out_dir cannot be empty"),
             (self.optimizer in ("sgd", "adam"), f"optimizer must be one of sgd, adam, got {self.optimizer!r}"),
+            (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}"),
+            (0.0 < self.co_drop <= 1.0, f"co_drop must be in (0, 1], got {self.co_drop}"),
+            (self.co_remedy in ("stop", "alpha", "lr"),
+             f"co_remedy must be one of stop, alpha, lr, got {self.co_remedy!r}"),
+            (0.0 < self.co_factor < 1.0, f"co_factor must be in (0, 1), got {self.co_factor}"),
             (self.precision in ("fp32", "bf16", "fp16", "auto"),
              f"precision must be one of fp32, bf16, fp16, auto, got {self.precision!r}"),
         ]

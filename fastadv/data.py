@@ -286,18 +286,65 @@ def batches(x_u8: torch.Tensor, y: torch.Tensor, batch_size: int, *, generator: 
     batch of n, after augmentation, so every process draws the same random numbers; a batch whose
     shard is empty is skipped.
     """
-    perm = torch.randperm(len(y), generator=generator).to(y.device)
-    for start in range(0, len(y), batch_size):
-        idx = perm[start:start + batch_size]
-        xb = to_float(x_u8[idx])
-        if augment:
-            xb = augment_batch(xb, generator)
-        if shard is not None:
-            part = shard(len(idx))
-            if part.stop <= part.start:
-                continue
+    stream = BatchStream(x_u8, y, batch_size, generator=generator, augment=augment, shard=shard)
+    for _ in range(batches_per_epoch(len(y), batch_size)):
+        if stream.perm is not None and stream.start >= len(y):
+            return  # skipped empty shards used up the epoch
+        yield next(stream)
+
+
+class BatchStream:
+    """Endless minibatches, epoch after epoch, with a position that can be saved and restored.
+
+    Draws the same numbers as ``batches`` called once per epoch with ``generator``: each
+    epoch's permutation is drawn when its first batch is asked for, augmentation draws come
+    right before each batch is handed out. ``state_dict()`` taken between two batches (the
+    current permutation, the offset into it, the generator state) lets a resumed run get
+    the very batches an uninterrupted one would.
+    """
+
+    def __init__(self, x_u8: torch.Tensor, y: torch.Tensor, batch_size: int, *, generator: torch.Generator,
+                 augment: bool = False, shard: Callable[[int], slice] | None = None):
+        self.x, self.y, self.batch_size, self.generator, self.augment = x_u8, y, batch_size, generator, augment
+        self.shard = shard  # as in ``batches``: this process's rows of each global batch
+        self.perm: torch.Tensor | None = None  # this epoch's order (CPU, int64)
+        self.start = 0  # offset of the next batch in perm
+        self.perm_on_device: torch.Tensor | None = None  # perm moved once per epoch, not per batch
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.y)
+        if self.perm is None or self.start >= n:
+            self.perm, self.start = torch.randperm(n, generator=self.generator), 0
+            self.perm_on_device = None
+        if self.perm_on_device is None:
+            self.perm_on_device = self.perm.to(self.y.device)
+        idx = self.perm_on_device[self.start:self.start + self.batch_size]
+        self.start += self.batch_size
+        xb = to_float(self.x[idx])
+        if self.augment:
+            xb = augment_batch(xb, self.generator)
+        if self.shard is not None:
+            part = self.shard(len(idx))
+            if part.stop <= part.start:  # as in ``batches``: every process skips this batch
+                return next(self)
             xb, idx = xb[part], idx[part]
-        yield xb, y[idx]
+        return xb, self.y[idx]
+
+    def state_dict(self) -> dict:
+        perm = None if self.perm is None else self.perm.to(torch.int32)  # half the bytes; n < 2**31
+        return {"perm": perm, "start": self.start, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        perm = state["perm"]
+        if perm is not None and len(perm) != len(self.y):
+            raise DataError(f"saved data order covers {len(perm)} training images, this dataset has {len(self.y)}")
+        self.perm = None if perm is None else perm.long()
+        self.perm_on_device = None
+        self.start = int(state["start"])
+        self.generator.set_state(state["generator"])
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:

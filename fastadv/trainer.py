@@ -2,18 +2,25 @@
 
 config -> data + model -> (method step + schedules) per minibatch -> held-out checks ->
 final PGD evaluation -> run directory (config.json, metrics.csv, summary.json, weights,
-TensorBoard events).
+TensorBoard events, checkpoints/).
+
+Nothing lost, nothing silent: a resume checkpoint (model, optimizer, schedule and method
+state, data order, every RNG, the loop's counters) is written at every held-out check and
+every ``checkpoint_every`` optimizer steps (0: at least every 4 minutes of training), so
+``train(cfg, resume=run_dir)`` continues a killed run with the very numbers an uninterrupted
+one gets. A non-finite loss stops the run and says so in summary.json. For single-step
+methods a catastrophic-overfitting guard watches the held-out PGD check.
 """
 from __future__ import annotations
 
 import csv
 import json
-import math
 import platform
 import random
 import re
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +29,26 @@ import torch
 from torch import nn
 
 from fastadv import distributed, schedules
-from fastadv.checkpoint import arch_of, model_from_arch, save_weights, write_json
+from fastadv.checkpoint import (CHECKPOINT_DIR, CheckpointError, arch_of, atomic_write, checkpoint_name,
+                                latest_checkpoint, model_from_arch, read_checkpoint, save_weights, write_checkpoint,
+                                write_json)
 from fastadv.config import ConfigError, TrainConfig, check_config, check_model_args, resolve_eps
-from fastadv.data import Dataset, batches, batches_per_epoch, load_dataset
+from fastadv.data import BatchStream, Dataset, batches_per_epoch, load_dataset
 from fastadv.evaluation import AttackSpec
 from fastadv.methods import METHODS, StepContext
 from fastadv.precision import make_precision
 
 METRIC_FIELDS = ["step", "epoch", "seconds", "lr", "momentum", "train_loss", "train_acc",
-                 "clean_loss", "clean_acc", "adv_loss", "adv_acc", "grad_computations"]
+                 "clean_loss", "clean_acc", "adv_loss", "adv_acc", "grad_computations", "event"]
+SCALARS = METRIC_FIELDS[2:-1]  # what goes to TensorBoard ("event" is text, empty on most rows)
+CHECKPOINT_SECONDS = 240.0  # checkpoint_every = 0: at most 4 minutes of training lost to a crash
+SINGLE_STEP = ("fgsm-rs", "free")  # methods prone to catastrophic overfitting: the guard is on by default
+CLEAN_SLACK = 0.02  # guard: clean accuracy counts as "not falling" within 2 points (noise of 1,000 points)
+RESUME_MAY_CHANGE = ("progress", "device", "data_dir", "download", "out_dir", "name")  # do not change the numbers
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became non-finite; the run stopped."""
+    """The training loss became non-finite; the run stopped (summary.json says so)."""
 
 
 @dataclass
@@ -97,6 +111,13 @@ def fresh_run_dir(out_dir: str, name: str) -> Path:
     return path
 
 
+def new_run_dir(out_dir: str, name: str, resolved: dict) -> Path:
+    """A fresh run directory holding the resolved config (config.json)."""
+    run_dir = fresh_run_dir(out_dir, name)
+    write_json(run_dir / "config.json", resolved)
+    return run_dir
+
+
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -107,12 +128,12 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=cfg.lr_max, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
-def hyperparam_setter(optimizer: torch.optim.Optimizer, lr_fn, momentum_fn):
-    """Return ``iteration -> None`` writing LR and momentum (Adam: beta1) into every group."""
+def hyperparam_setter(optimizer: torch.optim.Optimizer, lr_fn, momentum_fn, lr_scale=lambda: 1.0):
+    """Return ``iteration -> None`` writing LR (times ``lr_scale()``) and momentum (Adam: beta1) into every group."""
     is_adam = isinstance(optimizer, torch.optim.Adam)
 
     def set_hyperparams(iteration: int) -> None:
-        lr, mom = lr_fn(iteration), momentum_fn(iteration)
+        lr, mom = lr_fn(iteration) * lr_scale(), momentum_fn(iteration)
         for group in optimizer.param_groups:
             group["lr"] = lr
             if is_adam:
@@ -129,37 +150,60 @@ def versions() -> dict:
 
 # ----------------------------------------------------------------------------- logging
 class RunLog:
-    """metrics.csv rows, TensorBoard scalars (when tensorboard is installed), progress bar."""
+    """metrics.csv rows, TensorBoard scalars (when tensorboard is installed), progress bar.
 
-    def __init__(self, run_dir: Path, total: int, progress: bool):
+    ``rows``/``step`` resume a log: metrics.csv keeps its first ``rows`` rows and TensorBoard
+    hides events from ``step`` on, so rows written after the checkpoint are not duplicated.
+    """
+
+    def __init__(self, run_dir: Path, total: int, progress: bool, rows: int | None = None, step: int = 0):
         self.path = run_dir / "metrics.csv"
-        with open(self.path, "w", newline="") as f:
-            csv.writer(f).writerow(METRIC_FIELDS)
+        if rows is None:
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerow(METRIC_FIELDS)
+        else:
+            keep_rows(self.path, rows)
         self.tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir))
+            self.tb = SummaryWriter(str(run_dir), purge_step=step if rows is not None else None)
         except (ImportError, ModuleNotFoundError):
             pass
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True, leave=True)
+        self.bar = tqdm(total=total, initial=step, unit="step", disable=not progress, dynamic_ncols=True, leave=True)
 
     def row(self, values: dict) -> None:
         with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([fmt(values[k]) for k in METRIC_FIELDS])
+            csv.writer(f).writerow([fmt(values.get(k, "")) for k in METRIC_FIELDS])
         if self.tb is not None:
-            for key in METRIC_FIELDS[2:]:
+            for key in SCALARS:
                 self.tb.add_scalar(tb_tag(key), values[key], values["step"])
             self.tb.flush()
         self.bar.set_postfix(loss=f"{values['train_loss']:.3f}", acc=f"{values['train_acc']:.3f}",
                              lr=f"{values['lr']:.3g}", rob=f"{values['adv_acc']:.3f}", refresh=False)
 
+    def warn(self, message: str) -> None:
+        """One line above the progress bar (stderr), also when the bar is off."""
+        self.bar.write(message, file=sys.stderr)
+
     def close(self) -> None:
         self.bar.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def keep_rows(path: Path, rows: int) -> None:
+    """Cut metrics.csv back to its header and first ``rows`` rows (those a checkpoint knows of)."""
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))[:rows + 1]
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(lines)
+
+    atomic_write(path, write)
 
 
 def tb_tag(key: str) -> str:
@@ -185,16 +229,258 @@ def eps_ramp(progress: float, warmup: float) -> float:
     return 1.0 if warmup <= 0 else min(1.0, progress / warmup)
 
 
+def elapsed(t0: float, device: torch.device) -> float:
+    """Seconds since ``t0``, after the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def all_finite(acc: torch.Tensor, model: nn.Module) -> bool:
+    """Loss sums and every parameter finite (one host sync: called at checks and checkpoints only)."""
+    return bool(torch.stack([torch.isfinite(acc).all()] + [torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
+def checkpoint_due(every: int, steps_since: int, seconds_since: float) -> bool:
+    """Whether a checkpoint is due between two held-out checks (``checkpoint_every``; 0 = by the clock).
+
+    Under torchrun the processes' clocks differ, and a checkpoint is a collective step: there
+    checkpoint_every = 0 means at held-out checks only.
+    """
+    if every > 0:
+        return steps_since >= every
+    return not distributed.active() and seconds_since >= CHECKPOINT_SECONDS
+
+
+# ----------------------------------------------------------------------------- loop state and resume
+@dataclass
+class LoopState:
+    """The loop's counters, remedies and guard memory: plain values, saved in every checkpoint."""
+
+    mb_done: int = 0  # minibatches trained
+    passes: int = 0  # forward-backward computations
+    train_seconds: float = 0.0  # training time; held-out checks and checkpoints excluded
+    checkpoint_seconds: float = 0.0  # time spent writing checkpoints
+    next_eval: int = 0  # optimizer step of the next held-out check
+    rows: int = 0  # metrics.csv rows written
+    lr_scale: float = 1.0  # product of the guard's lr remedies
+    alpha_scale: float = 1.0  # product of the guard's alpha remedies
+    stopped: bool = False  # the guard's stop remedy ended training early
+    good: dict | None = None  # guard: the last passing check {step, clean_acc, adv_acc, checkpoint}
+    events: list = field(default_factory=list)  # guard events, for summary.json
+
+    def load_state_dict(self, state: dict) -> None:
+        for f in fields(self):
+            setattr(self, f.name, state[f.name])
+
+
+def run_config(run_dir: Path) -> TrainConfig:
+    """The config a run directory was trained with (its config.json, values as resolved)."""
+    try:
+        resolved = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{run_dir} is not a readable fastadv run directory "
+                              f"(config.json: {str(exc).splitlines()[0]})") from None
+    return TrainConfig.from_dict({f.name: resolved[f.name] for f in fields(TrainConfig) if f.name in resolved})
+
+
+def resume_config(run_dir: str | Path, config: TrainConfig | dict | None) -> TrainConfig:
+    """The run's own config; ``config`` (if given) may differ only in RESUME_MAY_CHANGE or by None (= default)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "summary.json").is_file():
+        raise CheckpointError(f"{run_dir} has finished (summary.json exists); nothing to resume")
+    stored = run_config(run_dir)
+    if config is None:
+        return stored
+    given = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    changed = [f"{k}={v!r} (run: {getattr(stored, k)!r})" for k, v in given.to_dict().items()
+               if k not in RESUME_MAY_CHANGE and v is not None and v != getattr(stored, k)]
+    if changed:
+        raise ConfigError(f"cannot resume {run_dir.name} with other settings: {', '.join(changed)}; a resumed run "
+                          f"keeps its config.json, only {', '.join(RESUME_MAY_CHANGE)} may change")
+    return stored.replace(**{k: getattr(given, k) for k in RESUME_MAY_CHANGE})
+
+
+def run_defining(cfg: TrainConfig) -> dict:
+    """The config fields that change a run's numbers (checked when a checkpoint is loaded)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in RESUME_MAY_CHANGE}
+
+
+def rng_state(attack_generator: torch.Generator) -> dict:
+    """Every random stream the loop draws from, except the data generator (BatchStream saves it)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "attack": attack_generator.get_state(), "attack_device": attack_generator.device.type}
+
+
+def set_rng_state(rng: dict, attack_generator: torch.Generator) -> str | None:
+    """Restore ``rng_state``; returns a warning when the attack stream cannot move to this device type."""
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    kind, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if rng["cuda"] and torch.cuda.is_available() and torch.cuda.device_count() == len(rng["cuda"]):
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if rng["attack_device"] != attack_generator.device.type:
+        return (f"checkpoint was written on {rng['attack_device']}, this run is on {attack_generator.device.type}: "
+                f"attack random starts continue from a fresh stream (numbers will differ from an unbroken run)")
+    attack_generator.set_state(rng["attack"])
+    return None
+
+
+def training_state(cfg: TrainConfig, arch: dict, ctx: StepContext, stream: BatchStream, fns, loop: LoopState,
+                   acc: torch.Tensor) -> dict:
+    """A resume checkpoint: tensors and plain values only (loads with ``weights_only=True``)."""
+    scaler = ctx.precision.scaler
+    return {"format": 1, "step": ctx.iteration, "arch": arch, "config": run_defining(cfg),
+            "model": distributed.unwrap(ctx.model).state_dict(), "optimizer": ctx.optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "schedules": [fn.state_dict() if hasattr(fn, "state_dict") else None for fn in fns],
+            "method": ctx.state, "data": stream.state_dict(), "rng": rng_state(ctx.generator),
+            "loop": asdict(loop), "acc": acc}
+
+
+def check_same_run(ckpt: dict, cfg: TrainConfig, arch: dict, name: str) -> None:
+    """One-line CheckpointError naming what differs when a checkpoint belongs to another run."""
+    saved = ckpt.get("arch") or {}
+    if (saved.get("model"), saved.get("dataset")) != (arch["model"], arch["dataset"]):
+        raise CheckpointError(f"checkpoint {name} holds model {saved.get('model')!r} on dataset "
+                              f"{saved.get('dataset')!r}, but this run trains {arch['model']!r} on {arch['dataset']!r}")
+    want = run_defining(cfg)
+    diffs = [f"{k}={saved_v!r} (this run: {want.get(k)!r})" for k, saved_v in (ckpt.get("config") or {}).items()
+             if want.get(k) != saved_v]
+    diffs += [f"{k}={saved[k]!r} (this run: {arch[k]!r})" for k in arch if k in saved and saved[k] != arch[k]]
+    if diffs:
+        raise CheckpointError(f"checkpoint {name} belongs to another run: {', '.join(diffs)}")
+
+
+def restore_weights(ckpt: dict, ctx: StepContext, name: str) -> None:
+    """Model, optimizer, loss scaler and method state (Free-m's delta) from a checkpoint."""
+    try:
+        distributed.unwrap(ctx.model).load_state_dict(ckpt["model"])
+        ctx.optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {name} does not fit this model: {str(exc).splitlines()[0][:200]}") from None
+    if ctx.precision.scaler is not None and ckpt["scaler"] is not None:
+        ctx.precision.scaler.load_state_dict(ckpt["scaler"])
+    device = next(ctx.model.parameters()).device
+    method = own_rank(ckpt).get("method", ckpt["method"])
+    ctx.state = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in method.items()}
+
+
+def rank_states(ctx: StepContext) -> list | None:
+    """Under torchrun, every process's own state (Free-m's delta for its rows, attack random stream)."""
+    if not distributed.active():
+        return None
+    mine = {"method": {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ctx.state.items()},
+            "attack": ctx.generator.get_state()}
+    return distributed.gather_objects(mine)
+
+
+def own_rank(ckpt: dict) -> dict:
+    """This process's entry of a checkpoint's per-process states ({} when saved with another world size)."""
+    ranks = ckpt.get("ranks")
+    return ranks[distributed.rank()] if ranks and len(ranks) == distributed.world_size() else {}
+
+
+def restore_training(ckpt: dict, cfg, arch, ctx, stream, fns, loop: LoopState, acc: torch.Tensor, name: str):
+    """Put a checkpoint back into the live objects; returns a warning line or None."""
+    check_same_run(ckpt, cfg, arch, name)
+    restore_weights(ckpt, ctx, name)
+    for fn, state in zip(fns, ckpt["schedules"]):
+        if state is not None and hasattr(fn, "load_state_dict"):
+            fn.load_state_dict(state)
+    stream.load_state_dict(ckpt["data"])
+    loop.load_state_dict(ckpt["loop"])
+    acc.copy_(ckpt["acc"])
+    ctx.iteration = ckpt["step"]
+    note = set_rng_state(ckpt["rng"], ctx.generator)
+    if "attack" in own_rank(ckpt):
+        ctx.generator.set_state(own_rank(ckpt)["attack"])
+    return note
+
+
+# ----------------------------------------------------------------------------- catastrophic-overfitting guard
+@dataclass(frozen=True)
+class Guard:
+    """Held-out PGD accuracy falls by more than ``drop`` below the last good check while clean accuracy holds."""
+
+    drop: float  # absolute fall of robust accuracy (fraction) that counts as a collapse
+    remedy: str  # key of REMEDIES
+    factor: float  # multiplier for the alpha and lr remedies
+
+    def collapsed(self, good: dict | None, check) -> bool:
+        return (good is not None and check.robust_acc < good["adv_acc"] - self.drop
+                and check.clean_acc >= good["clean_acc"] - CLEAN_SLACK)
+
+
+def remedy_stop(loop: LoopState, factor: float) -> str:
+    loop.stopped = True
+    return "training stopped"
+
+
+def remedy_alpha(loop: LoopState, factor: float) -> str:
+    loop.alpha_scale *= factor
+    return f"alpha now x{loop.alpha_scale:g}"
+
+
+def remedy_lr(loop: LoopState, factor: float) -> str:
+    loop.lr_scale *= factor
+    return f"lr now x{loop.lr_scale:g}"
+
+
+REMEDIES = {"stop": remedy_stop, "alpha": remedy_alpha, "lr": remedy_lr}
+
+
+def make_guard(cfg: TrainConfig) -> Guard | None:
+    on = cfg.method in SINGLE_STEP if cfg.co_guard is None else cfg.co_guard
+    return Guard(cfg.co_drop, cfg.co_remedy, cfg.co_factor) if on else None
+
+
+def guard_check(guard: Guard, loop: LoopState, check, ctx: StepContext, run_dir: Path, warn) -> str:
+    """Judge a held-out check: remember it as good, or restore the last good weights and apply the remedy.
+
+    Returns the metrics.csv event text ("" when nothing happened).
+    """
+    if not guard.collapsed(loop.good, check):
+        loop.good = {"step": ctx.iteration, "clean_acc": check.clean_acc, "adv_acc": check.robust_acc,
+                     "checkpoint": checkpoint_name(ctx.iteration)}  # written right after this check
+        return ""
+    good = loop.good
+    restore_weights(read_checkpoint(run_dir / CHECKPOINT_DIR / good["checkpoint"]), ctx, good["checkpoint"])
+    action = REMEDIES[guard.remedy](loop, guard.factor)
+    loop.events.append({"event": "catastrophic_overfitting", "step": ctx.iteration, "clean_acc": check.clean_acc,
+                        "adv_acc": check.robust_acc, "good_step": good["step"], "good_clean_acc": good["clean_acc"],
+                        "good_adv_acc": good["adv_acc"], "remedy": guard.remedy, "action": action})
+    warn(f"catastrophic overfitting at step {ctx.iteration}: held-out PGD accuracy {check.robust_acc:.3f} "
+         f"(step {good['step']}: {good['adv_acc']:.3f}), clean {check.clean_acc:.3f}; "
+         f"restored step {good['step']}, {action}")
+    return f"catastrophic overfitting: restored step {good['step']}, {action}"
+
+
 # ----------------------------------------------------------------------------- the loop
-def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResult:
-    """Train a model as ``config`` says and write its run directory; returns a RunResult."""
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+def train(config: TrainConfig | dict | None = None, *, data: Dataset | None = None,
+          resume: str | Path | None = None) -> RunResult:
+    """Train a model as ``config`` says and write its run directory; returns a RunResult.
+
+    ``resume``: a run directory left unfinished (killed, crashed: no summary.json); training
+    goes on from its newest intact checkpoint with the run's own config.json, to the same
+    numbers an unbroken run gets. ``config`` may then be None; if given it must agree with
+    config.json except in RESUME_MAY_CHANGE fields. Raises CheckpointError (one line) when
+    the directory has no usable checkpoint, TrainingDiverged when the loss becomes non-finite.
+    """
+    if resume is None and config is None:
+        raise ConfigError("train() needs a config, or resume= a run directory")
+    cfg = resume_config(resume, config) if resume is not None else (
+        config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config))
     check_names(cfg)
     with distributed.session(resolve_device(cfg.device)):  # torchrun: one process per device
-        return train_run(cfg, data)
+        return train_run(cfg, data, resume)
 
 
-def train_run(cfg: TrainConfig, data: Dataset | None) -> RunResult:
+def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None) -> RunResult:
     """The body of ``train`` (inside the process group when there is one)."""
     device = distributed.local_device(resolve_device(cfg.device))
     distributed.per_rank_batch(cfg.batch_size)  # the global batch must split evenly across processes
@@ -208,7 +494,8 @@ def train_run(cfg: TrainConfig, data: Dataset | None) -> RunResult:
     method = METHODS[cfg.method]
     eps = resolve_eps(cfg)
     alpha = cfg.alpha if cfg.alpha is not None else method.default_alpha(eps, cfg.attack_steps)
-    minibatches = max(1, round(cfg.epochs * batches_per_epoch(len(data.y_train), cfg.batch_size)))
+    per_epoch = batches_per_epoch(len(data.y_train), cfg.batch_size)
+    minibatches = max(1, round(cfg.epochs * per_epoch))
     steps_per_mb = method.steps_per_minibatch(cfg.replays, cfg.attack_steps)
     total_steps = minibatches * steps_per_mb
     lr_fn = schedules.build(cfg.lr_schedule, total_steps, lr_max=cfg.lr_max)
@@ -221,63 +508,98 @@ def train_run(cfg: TrainConfig, data: Dataset | None) -> RunResult:
     optimizer = make_optimizer(cfg, model)
     generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(cfg.seed + 1))  # random starts
     data_gen = torch.Generator().manual_seed(cfg.seed)  # data order and augmentation
+    stream = BatchStream(data.x_train, data.y_train, cfg.batch_size, generator=data_gen, augment=augment,
+                         shard=distributed.rows)
+    loop = LoopState(next_eval=eval_every)
     ctx = StepContext(distributed.wrap(model, device), optimizer, eps, alpha, cfg.replays, cfg.attack_steps,
-                      hyperparam_setter(optimizer, lr_fn, mom_fn), generator,
+                      hyperparam_setter(optimizer, lr_fn, mom_fn, lambda: loop.lr_scale), generator,
                       precision=make_precision(cfg.precision, device))
 
-    run_dir = distributed.from_main(lambda: fresh_run_dir(cfg.out_dir, cfg.name or run_name(cfg, eps)))
-    resolved = {**cfg.to_dict(), "eps": eps, "alpha": alpha, "augment": augment, "total_steps": total_steps,
-                "minibatches": minibatches, "eval_every": eval_every, "device": str(device),
-                "data_source": data.source, "train_size": len(data.y_train), "arch": arch, "versions": versions()}
-    if distributed.is_main():
-        write_json(run_dir / "config.json", {**resolved, "world_size": distributed.world_size()})
+    if resume is None:
+        resolved = {**cfg.to_dict(), "eps": eps, "alpha": alpha, "augment": augment, "total_steps": total_steps,
+                    "minibatches": minibatches, "eval_every": eval_every, "device": str(device),
+                    "data_source": data.source, "train_size": len(data.y_train), "arch": arch,
+                    "versions": versions(), "world_size": distributed.world_size()}
+        run_dir = distributed.from_main(lambda: new_run_dir(cfg.out_dir, cfg.name or run_name(cfg, eps), resolved))
+        cfg = run_config(run_dir)  # as resolved, exactly what a resume reads back
+    else:
+        run_dir = Path(resume)
 
     # Held-out check: fixed test points (the same for every run), quick PGD at eps/4.
     monitor_idx = torch.randperm(len(data.y_test), generator=torch.Generator().manual_seed(0))[:cfg.eval_size]
     monitor = (data.x_test[monitor_idx.to(device)], data.y_test[monitor_idx.to(device)])
     monitor_attack = AttackSpec("pgd", eps=eps, steps=cfg.eval_attack_steps, restarts=1)
 
-    log = RunLog(run_dir, total_steps, cfg.progress) if distributed.is_main() else distributed.Silent()
+    fns, guard = (lr_fn, mom_fn), make_guard(cfg)
     acc = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count since last row
-    passes, train_seconds, next_eval, mb_done = 0, 0.0, eval_every, 0
+
+    def save() -> str:
+        t = time.perf_counter()
+        keep = (loop.good["checkpoint"],) if loop.good else ()
+        state = training_state(cfg, arch, ctx, stream, fns, loop, acc)
+        state["ranks"] = rank_states(ctx)
+        if distributed.is_main():
+            write_checkpoint(run_dir, ctx.iteration, state, keep=keep)
+        distributed.barrier()  # every rank may read the checkpoint (guard) once it is complete
+        loop.checkpoint_seconds += time.perf_counter() - t
+        return checkpoint_name(ctx.iteration)
+
+    def make_log(**kw) -> RunLog:
+        return RunLog(run_dir, total_steps, cfg.progress, **kw) if distributed.is_main() else distributed.Silent()
+
+    if resume is None:
+        last_saved = save()  # step 0: a run killed at any moment can be resumed
+        log = make_log()
+    else:
+        path = latest_checkpoint(run_dir, warn=lambda m: print(f"fastadv: {m}", file=sys.stderr))
+        note = restore_training(read_checkpoint(path), cfg, arch, ctx, stream, fns, loop, acc, path.name)
+        last_saved = path.name
+        log = make_log(rows=loop.rows, step=ctx.iteration)
+        log.warn(f"fastadv: resuming {run_dir.name} from {path.name} (step {ctx.iteration} of {total_steps})")
+        if note:
+            log.warn(f"fastadv: {note}")
+
     model.train()
-    t0 = time.perf_counter()
+    t0 = last_save_time = time.perf_counter()
+    saved_step = ctx.iteration
     try:
-        while mb_done < minibatches:
-            for x, y in batches(data.x_train, data.y_train, cfg.batch_size, generator=data_gen, augment=augment,
-                                shard=distributed.rows):
-                ramp = eps_ramp(mb_done / minibatches, cfg.eps_warmup)
-                ctx.eps, ctx.alpha = eps * ramp, alpha * ramp
-                stats = method.step(ctx, x, y)
-                acc += torch.stack([stats.loss_sum.double(), stats.correct.double(),
-                                    torch.tensor(float(stats.count), dtype=torch.float64, device=device)])
-                passes += stats.passes
-                mb_done += 1
-                log.bar.update(steps_per_mb)
-                last = mb_done >= minibatches
-                if ctx.iteration >= next_eval or last:
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    train_seconds += time.perf_counter() - t0
-                    loss_sum, correct, count = distributed.all_reduce_sum(acc).tolist()
-                    if not math.isfinite(loss_sum):
-                        raise TrainingDiverged(f"training loss became non-finite at step {ctx.iteration}; "
-                                               f"lower lr_max (now {cfg.lr_max})")
+        while loop.mb_done < minibatches and not loop.stopped:
+            x, y = next(stream)
+            ramp = eps_ramp(loop.mb_done / minibatches, cfg.eps_warmup)
+            ctx.eps, ctx.alpha = eps * ramp, alpha * loop.alpha_scale * ramp
+            stats = method.step(ctx, x, y)
+            acc += torch.stack([stats.loss_sum.double(), stats.correct.double(),
+                                torch.tensor(float(stats.count), dtype=torch.float64, device=device)])
+            loop.passes += stats.passes
+            loop.mb_done += 1
+            log.bar.update(steps_per_mb)
+            at_check = ctx.iteration >= loop.next_eval or loop.mb_done >= minibatches
+            if at_check or checkpoint_due(cfg.checkpoint_every, ctx.iteration - saved_step,
+                                          time.perf_counter() - last_save_time):
+                loop.train_seconds += elapsed(t0, device)
+                total = distributed.all_reduce_sum(acc)  # this process's sums, or all processes'
+                if not all_finite(total, model):
+                    raise TrainingDiverged(f"training loss became non-finite before step {ctx.iteration}; "
+                                           f"kept checkpoint {last_saved}; lower lr_max (now {cfg.lr_max})")
+                if at_check:
                     check = distributed.evaluate(model, monitor, attack=monitor_attack,
                                                  batch_size=cfg.eval_batch_size, seed=cfg.seed)
-                    log.row({"step": ctx.iteration, "epoch": mb_done / batches_per_epoch(len(data.y_train), cfg.batch_size),
-                             "seconds": train_seconds, "lr": lr_fn(max(ctx.iteration - 1, 0)),
-                             "momentum": mom_fn(max(ctx.iteration - 1, 0)),
-                             "train_loss": loss_sum / count, "train_acc": correct / count,
-                             "clean_loss": check.clean_loss, "clean_acc": check.clean_acc,
-                             "adv_loss": check.robust_loss, "adv_acc": check.robust_acc,
-                             "grad_computations": passes})
-                    observe_schedules((lr_fn, mom_fn), ctx.iteration, check)
+                    event = guard_check(guard, loop, check, ctx, run_dir, log.warn) if guard else ""
+                    log.row(metrics_row(ctx, loop, total, check, fns, per_epoch, event))
+                    loop.rows += 1
+                    observe_schedules(fns, ctx.iteration, check)
                     acc.zero_()
-                    next_eval += eval_every
-                    t0 = time.perf_counter()
-                if last:
-                    break
+                    loop.next_eval += eval_every
+                last_saved, saved_step = save(), ctx.iteration
+                t0 = last_save_time = time.perf_counter()
+    except TrainingDiverged as exc:
+        loop.events.append({"event": "diverged", "step": ctx.iteration, "message": str(exc)})
+        distributed.is_main() and write_json(run_dir / "summary.json", {
+            "name": run_dir.name, "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method,
+            "status": "diverged", "message": str(exc), "clean_acc": None, "robust_acc": None,
+            "steps": ctx.iteration, "train_seconds": loop.train_seconds, "last_checkpoint": last_saved,
+            "events": loop.events, "seed": cfg.seed, "device": str(device)})
+        raise
     finally:
         log.close()
 
@@ -292,18 +614,34 @@ def train_run(cfg: TrainConfig, data: Dataset | None) -> RunResult:
     n_train = len(data.y_train)
     summary = {
         "name": run_dir.name, "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method,
+        "status": "stopped by the overfitting guard" if loop.stopped else "completed",
         "clean_acc": result.clean_acc, "robust_acc": result.robust_acc,
         "clean_loss": result.clean_loss, "robust_loss": result.robust_loss,
         "attack": result.attack, "attack_params": final.to_dict(), "eval_points": result.points,
-        "eps": eps, "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t_eval,
-        "steps": ctx.iteration, "epochs": mb_done / batches_per_epoch(n_train, cfg.batch_size),
-        "minibatches": mb_done, "grad_computations": passes,
-        "compute_epochs": passes * cfg.batch_size / n_train,  # fwd-bwd work in passes over the data
+        "eps": eps, "train_seconds": loop.train_seconds, "eval_seconds": time.perf_counter() - t_eval,
+        "checkpoint_seconds": loop.checkpoint_seconds,
+        "steps": ctx.iteration, "epochs": loop.mb_done / per_epoch,
+        "minibatches": loop.mb_done, "grad_computations": loop.passes,
+        "compute_epochs": loop.passes * cfg.batch_size / n_train,  # fwd-bwd work in passes over the data
+        "co_guard": guard is not None, "events": loop.events,
         "seed": cfg.seed, "device": str(device), **ranks,
     }
     if distributed.is_main():
         write_json(run_dir / "summary.json", summary)
     return RunResult(run_dir, summary, model.eval(), cfg)
+
+
+def metrics_row(ctx: StepContext, loop: LoopState, acc: torch.Tensor, check, fns, per_epoch: int, event: str) -> dict:
+    """One metrics.csv row at a held-out check (``acc``: loss sum, correct, count since the last row)."""
+    loss_sum, correct, count = acc.tolist()
+    lr_fn, mom_fn = fns
+    step = max(ctx.iteration - 1, 0)  # the step just taken
+    return {"step": ctx.iteration, "epoch": loop.mb_done / per_epoch, "seconds": loop.train_seconds,
+            "lr": lr_fn(step) * loop.lr_scale, "momentum": mom_fn(step),
+            "train_loss": loss_sum / count, "train_acc": correct / count,
+            "clean_loss": check.clean_loss, "clean_acc": check.clean_acc,
+            "adv_loss": check.robust_loss, "adv_acc": check.robust_acc,
+            "grad_computations": loop.passes, "event": event}
 
 
 def read_summary(run_dir: str | Path) -> dict:

@@ -23,8 +23,11 @@ def test_run_directory_contract(method, tmp_path):
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
     for key in ("clean_acc", "robust_acc", "attack", "train_seconds", "steps", "epochs", "name",
-                "grad_computations"):
+                "grad_computations", "status", "events", "co_guard"):
         assert key in summary
+    assert summary["status"] == "completed" and summary["co_guard"] == (method in ("free", "fgsm-rs"))
+    checkpoints = sorted(p.name for p in (run / "checkpoints").glob("step-*.pt"))
+    assert checkpoints and checkpoints[-1] == f"step-{summary['steps']:09d}.pt"  # the last check is saved
     assert summary["attack"].startswith("PGD-5 (1 restart, eps=0.1")
     assert 0 <= summary["robust_acc"] <= summary["clean_acc"] <= 1
     minibatches = 2 * 32  # 2 epochs of 2048 / 64

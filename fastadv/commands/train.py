@@ -1,7 +1,8 @@
-"""``fastadv train``: train a robust model and write its run directory."""
+"""``fastadv train``: train a robust model and write its run directory; ``--resume`` continues one."""
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 from fastadv.commands._util import add_config_flags, config_from_args, print_summary
 
@@ -14,22 +15,43 @@ def configure(parser) -> None:
     parser.description = ("Train a model; every config field is a flag. "
                           "Example: fastadv train --dataset mnist --method fgsm-rs --epochs 10")
     parser.add_argument("--config", metavar="FILE", help="TOML or JSON config; flags override it")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue an unfinished run from its last checkpoint, with its own config.json "
+                             "(only --progress/--no-progress, --device, --data-dir, --download may be given)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     add_config_flags(parser)
+
+
+def resume_overrides(args) -> dict:
+    """The config flags given with --resume; ConfigError (one line) for any that would change the run."""
+    from fastadv.config import ConfigError, TrainConfig
+    from fastadv.trainer import RESUME_MAY_CHANGE
+
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    refused = [f"--{k.replace('_', '-')}" for k in given if k not in RESUME_MAY_CHANGE]
+    if args.config:
+        refused.insert(0, "--config")
+    if refused:
+        raise ConfigError(f"--resume continues a run with its own config.json; {', '.join(refused)} would change it "
+                          f"(allowed: --progress/--no-progress, --device, --data-dir, --download)")
+    return given
 
 
 def run(args) -> int:
     from fastadv.config import resolve_eps
     from fastadv.distributed import is_main
-    from fastadv.trainer import check_names, resolve_device, run_name, train
+    from fastadv.trainer import check_names, resolve_device, resume_config, run_name, train
 
-    cfg = config_from_args(args)
+    if args.resume:
+        cfg = resume_config(args.resume, None).replace(**resume_overrides(args))
+    else:
+        cfg = config_from_args(args)
     check_names(cfg)
     if args.dry_run:
         print(json.dumps({"name": cfg.name or run_name(cfg, resolve_eps(cfg)), "config": cfg.to_dict()}, indent=2))
         return 0
     resolve_device(cfg.device)
-    result = train(cfg)
+    result = train(cfg, resume=args.resume)
     if is_main():  # under torchrun, one summary
         print_summary(result.summary, result.run_dir)
     return 0

@@ -1,0 +1,96 @@
+"""Catastrophic-overfitting guard: the rule, the remedies, and a real collapse it catches."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+import fastadv
+from fastadv.evaluation import EvalResult
+from fastadv.trainer import REMEDIES, Guard, LoopState, checkpoint_due, make_guard
+from fastadv.config import TrainConfig
+
+
+def check(clean: float, robust: float) -> EvalResult:
+    return EvalResult(clean, robust, 0.0, 0.0, 1000, "PGD-10")
+
+
+GOOD = {"step": 100, "clean_acc": 0.90, "adv_acc": 0.60, "checkpoint": "step-000000100.pt"}
+
+
+@pytest.mark.parametrize("clean,robust,collapsed", [
+    (0.93, 0.05, True),  # robust falls 0.55 while clean rises: catastrophic overfitting
+    (0.89, 0.30, True),  # clean within the noise of 1,000 points (2 points) counts as holding
+    (0.93, 0.45, False),  # a fall of 0.15 < co_drop 0.2
+    (0.40, 0.05, False),  # both collapse: divergence or a bad LR, not overfitting to the attack
+    (0.95, 0.70, False),  # better on both
+])
+def test_collapse_rule(clean, robust, collapsed):
+    assert Guard(drop=0.2, remedy="stop", factor=0.5).collapsed(GOOD, check(clean, robust)) is collapsed
+
+
+def test_first_check_has_nothing_to_compare_with():
+    assert not Guard(0.2, "stop", 0.5).collapsed(None, check(0.99, 0.0))
+
+
+def test_remedies_compound_and_stop():
+    loop = LoopState()
+    REMEDIES["alpha"](loop, 0.5)
+    REMEDIES["alpha"](loop, 0.5)
+    REMEDIES["lr"](loop, 0.1)
+    assert (loop.alpha_scale, loop.lr_scale, loop.stopped) == (0.25, pytest.approx(0.1), False)
+    REMEDIES["stop"](loop, 0.5)
+    assert loop.stopped
+
+
+def test_guard_on_by_default_only_for_single_step_methods():
+    for method, on in (("fgsm-rs", True), ("free", True), ("pgd", False), ("standard", False)):
+        assert (make_guard(TrainConfig(method=method)) is not None) is on
+    assert make_guard(TrainConfig(method="pgd", co_guard=True)) is not None
+    assert make_guard(TrainConfig(method="free", co_guard=False)) is None
+
+
+def test_checkpoint_policy():
+    assert checkpoint_due(10, 10, 0.0) and not checkpoint_due(10, 9, 1e6)  # every N steps
+    assert checkpoint_due(0, 1, 240.0) and not checkpoint_due(0, 10**6, 239.0)  # 0: by the clock, 4 minutes
+
+
+QUICK = {"dataset": "synthetic", "model": "small-cnn", "method": "fgsm-rs", "epochs": 2, "batch_size": 64,
+         "eval_every": 8, "eval_size": 128, "eval_attack_steps": 3, "final_attack_steps": 3, "final_limit": 128,
+         "progress": False, "lr_max": 0.05, "seed": 1}
+
+
+def test_a_trip_restores_the_last_good_weights_and_is_recorded(tmp_path, capsys):
+    """co_drop=1e-6 makes the guard trip on the first held-out check that is worse at all.
+
+    Not catastrophic overfitting: the point is the mechanics on a real run. With the stop
+    remedy the final weights must be exactly those of the last good check's checkpoint.
+    """
+    import torch
+
+    result = fastadv.train({**QUICK, "co_drop": 1e-6, "co_remedy": "stop", "out_dir": str(tmp_path)})
+    summary, run = result.summary, result.run_dir
+    events = summary["events"]
+    assert summary["status"] == "stopped by the overfitting guard" and len(events) == 1
+    event = events[0]
+    assert event["event"] == "catastrophic_overfitting" and event["adv_acc"] < event["good_adv_acc"]
+    assert event["clean_acc"] >= event["good_clean_acc"] - 0.02
+    assert summary["steps"] == event["step"] < 64  # stopped early
+    good = torch.load(run / "checkpoints" / f"step-{event['good_step']:09d}.pt", weights_only=True)["model"]
+    final = torch.load(run / "model.pt", weights_only=True)
+    assert all(torch.equal(good[k], final[k]) for k in final)
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    flagged = [r for r in rows if r["event"]]
+    assert len(flagged) == 1 and flagged[0]["step"] == str(event["step"])
+    assert f"restored step {event['good_step']}" in flagged[0]["event"]
+    assert "catastrophic overfitting at step" in capsys.readouterr().err  # warned above the progress bar
+
+
+def test_alpha_remedy_goes_on_with_smaller_steps(tmp_path):
+    result = fastadv.train({**QUICK, "co_drop": 1e-6, "co_remedy": "alpha", "out_dir": str(tmp_path)})
+    events = result.summary["events"]
+    assert events and result.summary["status"] == "completed" and result.summary["steps"] == 64
+    assert [e["action"] for e in events][:2] == ["alpha now x0.5", "alpha now x0.25"][:len(events[:2])]
+    loop = json.loads((result.run_dir / "summary.json").read_text())
+    assert loop["co_guard"] is True
