@@ -32,13 +32,14 @@ from fastadv.config import ConfigError
 Shape = Callable[..., float]
 SHAPES: dict[str, Shape] = {}
 MOMENTUM_SHAPES: dict[str, Shape] = {}
-DESCRIPTIONS: dict[str, str] = {}
+DESCRIPTIONS: dict[str, str] = {}  # LR shape -> one line
+MOMENTUM_DESCRIPTIONS: dict[str, str] = {}  # momentum shape -> one line
 
 
 def shape(name: str, description: str, registry: dict[str, Shape] = SHAPES):
     def wrap(fn: Shape) -> Shape:
         registry[name] = fn
-        DESCRIPTIONS[name] = description
+        (MOMENTUM_DESCRIPTIONS if registry is MOMENTUM_SHAPES else DESCRIPTIONS)[name] = description
         return fn
 
     return wrap
@@ -306,7 +307,7 @@ def linear_warm_restarts(p: float, lr_max: float, period: float = 0.25, mult: fl
 
 
 # ----------------------------------------------------------------------------- momentum shapes
-@shape("constant", "momentum constant", MOMENTUM_SHAPES)
+@shape("constant", "`momentum` throughout (0.9 by default)", MOMENTUM_SHAPES)
 def momentum_constant(p: float, momentum: float) -> float:
     return momentum
 

@@ -42,7 +42,9 @@ def one_step_change(vals):
 def test_every_shape_has_expectations():
     assert set(schedules.SHAPES) == set(EXPECTED)
     assert set(schedules.MOMENTUM_SHAPES) == {"constant", "one-cycle", "cyclical"}
-    assert all(name in schedules.DESCRIPTIONS for name in schedules.SHAPES)
+    assert all(name in schedules.DESCRIPTIONS for name in [*schedules.SHAPES, *schedules.ADAPTIVE])
+    assert set(schedules.MOMENTUM_DESCRIPTIONS) == set(schedules.MOMENTUM_SHAPES)
+    assert schedules.DESCRIPTIONS["constant"] != schedules.MOMENTUM_DESCRIPTIONS["constant"]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
