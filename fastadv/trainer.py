@@ -67,8 +67,8 @@ def check_names(cfg: TrainConfig) -> None:
                                  ("method", cfg.method, METHODS)):
         if name not in registry:
             raise ConfigError(unknown_name(kind, name, registry))
-    schedules.build(cfg.lr_schedule, 1, lr_max=cfg.lr_max)
-    schedules.build_momentum(cfg.momentum_schedule, 1, momentum=cfg.momentum)
+    schedules.build(cfg.lr_schedule, 1, lr_max=cfg.lr_max or 1.0)  # lr_max None = "auto", found later
+    schedules.build_momentum(cfg.momentum_schedule, 1, lr_spec=cfg.lr_schedule, momentum=cfg.momentum)
 
 
 def seed_everything(seed: int) -> None:
@@ -192,6 +192,11 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
     if data is None:
         data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, device=device)
     data = data.limit_train(cfg.train_limit).to(device)
+    lr_finder = None
+    if cfg.lr_max is None:  # "auto": LR range test first; it leaves the RNG state as it found it
+        from fastadv.finder import auto_lr_max
+
+        cfg, lr_finder = auto_lr_max(cfg, data)
 
     method = METHODS[cfg.method]
     eps = resolve_eps(cfg)
@@ -200,7 +205,8 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
     steps_per_mb = method.steps_per_minibatch(cfg.replays, cfg.attack_steps)
     total_steps = minibatches * steps_per_mb
     lr_fn = schedules.build(cfg.lr_schedule, total_steps, lr_max=cfg.lr_max)
-    mom_fn = schedules.build_momentum(cfg.momentum_schedule, total_steps, momentum=cfg.momentum)
+    mom_fn = schedules.build_momentum(cfg.momentum_schedule, total_steps, lr_spec=cfg.lr_schedule,
+                                      momentum=cfg.momentum)
     eval_every = cfg.eval_every or max(1, total_steps // 10)
     augment = data.augment if cfg.augment is None else cfg.augment
 
@@ -216,7 +222,8 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
     run_dir = fresh_run_dir(cfg.out_dir, cfg.name or run_name(cfg, eps))
     resolved = {**cfg.to_dict(), "eps": eps, "alpha": alpha, "augment": augment, "total_steps": total_steps,
                 "minibatches": minibatches, "eval_every": eval_every, "device": str(device),
-                "data_source": data.source, "train_size": len(data.y_train), "arch": arch, "versions": versions()}
+                "data_source": data.source, "train_size": len(data.y_train), "arch": arch, "versions": versions(),
+                **({"lr_finder": lr_finder} if lr_finder else {})}
     write_json(run_dir / "config.json", resolved)
 
     # Held-out check: fixed test points (the same for every run), quick PGD at eps/4.
