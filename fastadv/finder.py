@@ -281,8 +281,8 @@ def plot_range_tests(tests: dict[str, RangeTest], path: str, title: str) -> None
         ax.plot([], [], "ko", label="suggestion (min/10)")
         ax.plot([], [], "k^", label="steepest descent")
     first = next(iter(tests.values()))
-    smoothed = [v for t in tests.values() for v in t.smoothed]
-    ax.set_ylim(min(smoothed) * 0.9, max(max(t.smoothed[0] for t in tests.values()) * 1.3, min(smoothed) * 2))
+    smoothed = [v for t in tests.values() for v in t.smoothed + (t.losses if single else [])]
+    ax.set_ylim(min(smoothed) * 0.95, max(max(t.smoothed[0] for t in tests.values()) * 1.3, min(smoothed) * 2))
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     what = "adversarial" if first.settings.get("method") not in (None, "standard") else "clean"

@@ -468,3 +468,46 @@ def test_plateau_bad_specs(spec):
     with pytest.raises(ConfigError) as info:
         schedules.build(spec, 1, lr_max=LR)
     assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- fastadv schedule
+def test_schedule_cli_list_names_every_shape(capsys):
+    from fastadv.cli import main
+
+    assert main(["schedule", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in [*schedules.SHAPES, *schedules.ADAPTIVE]:
+        assert f"  {name} " in out and schedules.DESCRIPTIONS[name] in out
+    for name, text in schedules.MOMENTUM_DESCRIPTIONS.items():
+        assert text in out
+
+
+def test_schedule_cli_csv_matches_build(capsys, tmp_path):
+    from fastadv.cli import main
+
+    spec = "cyclical:cycles=3,mode=triangular2"
+    assert main(["schedule", spec, "--steps", "60", "--lr-max", "0.2", "--momentum", "cyclical", "--csv"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[0] == "step,lr,momentum" and len(rows) == 61
+    lr, mom = schedules.build(spec, 60, lr_max=0.2), schedules.build_momentum(spec, 60)
+    for row in rows[1:]:
+        s, v, m = row.split(",")
+        assert float(v) == pytest.approx(lr(int(s)), rel=1e-6) and float(m) == pytest.approx(mom(int(s)), rel=1e-6)
+    png = tmp_path / "s.png"
+    assert main(["schedule", "plateau", "--steps", "100", "--plot", str(png)]) == 0
+    assert png.stat().st_size > 10_000 and "step,lr" not in capsys.readouterr().out  # --plot alone: no CSV
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["schedule"], "give a schedule SPEC"),
+    (["schedule", "cosine"], "unknown schedule 'cosine'"),
+    (["schedule", "one-cycle", "--steps", "0"], "--steps must be >= 1"),
+    (["schedule", "one-cycle", "--momentum", "one-cycle:momentum=0.9"], "has no parameter(s) momentum"),
+    (["schedule", "one-cycle", "--lr-max", "x"], "--lr-max expects a number"),
+])
+def test_schedule_cli_errors(argv, message, capsys):
+    from fastadv.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
