@@ -12,10 +12,12 @@ from fastadv.checkpoint import load_model
 from fastadv.config import ConfigError, TrainConfig
 from fastadv.data import DataError, load_dataset
 from fastadv.evaluation import AttackSpec, EvalResult, evaluate
+from fastadv.finder import RangeTest, find_weight_decay, lr_range_test
 from fastadv.models import build_model
 from fastadv.trainer import RunResult, train
 
 __version__ = "0.1.0"
 
 __all__ = ["train", "evaluate", "load_model", "load_dataset", "build_model", "pgd", "fgsm", "TrainConfig",
-           "AttackSpec", "EvalResult", "RunResult", "ConfigError", "DataError", "__version__"]
+           "AttackSpec", "EvalResult", "RunResult", "ConfigError", "DataError", "lr_range_test", "find_weight_decay",
+           "RangeTest", "__version__"]

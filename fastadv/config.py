@@ -46,7 +46,7 @@ class TrainConfig:
     batch_size: int = 128
     optimizer: str = "sgd"  # sgd | adam
     lr_schedule: str = "one-cycle"  # schedule spec "name:key=value,..."; see fastadv.schedules
-    lr_max: float = 0.1  # peak learning rate the schedule scales
+    lr_max: float | None = 0.1  # peak learning rate the schedule scales; "auto" = LR range test first (fastadv.finder)
     momentum_schedule: str = "constant"  # constant | one-cycle (the inverse 0.95-0.85 mirror)
     momentum: float = 0.9  # SGD momentum, or Adam beta1, for the constant schedule
     nesterov: bool = False
@@ -131,7 +131,7 @@ class TrainConfig:
             (self.epochs > 0 and math.isfinite(self.epochs), f"epochs must be > 0, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
-            (self.lr_max > 0, f"lr_max must be > 0, got {self.lr_max}"),
+            (self.lr_max is None or self.lr_max > 0, f"lr_max must be > 0 or auto, got {self.lr_max}"),
             (0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}"),
@@ -316,11 +316,14 @@ def check_schedules(cfg: TrainConfig) -> None:
     """
     from fastadv import schedules
 
-    for field, spec, registry, defaults in (
-            ("lr_schedule", cfg.lr_schedule, schedules.SHAPES, {"lr_max": cfg.lr_max}),
-            ("momentum_schedule", cfg.momentum_schedule, schedules.MOMENTUM_SHAPES, {"momentum": cfg.momentum})):
+    for field, spec, registry, build in (
+            ("lr_schedule", cfg.lr_schedule, schedules.SHAPES,  # lr_max None = "auto", found by the range test
+             lambda: schedules.build(cfg.lr_schedule, SCHEDULE_SAMPLES, lr_max=cfg.lr_max or 1.0)),
+            ("momentum_schedule", cfg.momentum_schedule, schedules.MOMENTUM_SHAPES,
+             lambda: schedules.build_momentum(cfg.momentum_schedule, SCHEDULE_SAMPLES, lr_spec=cfg.lr_schedule,
+                                              momentum=cfg.momentum))):
         check_spec_types(field, spec, registry)
-        fn = schedules.build(spec, SCHEDULE_SAMPLES, registry, **defaults)
+        fn = build()
         try:
             values = [fn(step) for step in range(SCHEDULE_SAMPLES + 1)]
         except (TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:

@@ -490,6 +490,11 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
             data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, device=device)
     data = data.limit_train(cfg.train_limit).to(device)
     check_model_args(cfg, data)
+    lr_finder = None
+    if cfg.lr_max is None:  # "auto": LR range test first; it leaves the RNG state as it found it
+        from fastadv.finder import auto_lr_max
+
+        cfg, lr_finder = auto_lr_max(cfg, data)
 
     method = METHODS[cfg.method]
     eps = resolve_eps(cfg)
@@ -499,7 +504,8 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
     steps_per_mb = method.steps_per_minibatch(cfg.replays, cfg.attack_steps)
     total_steps = minibatches * steps_per_mb
     lr_fn = schedules.build(cfg.lr_schedule, total_steps, lr_max=cfg.lr_max)
-    mom_fn = schedules.build_momentum(cfg.momentum_schedule, total_steps, momentum=cfg.momentum)
+    mom_fn = schedules.build_momentum(cfg.momentum_schedule, total_steps, lr_spec=cfg.lr_schedule,
+                                      momentum=cfg.momentum)
     eval_every = cfg.eval_every or max(1, total_steps // 10)
     augment = data.augment if cfg.augment is None else cfg.augment
 
@@ -519,7 +525,8 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
         resolved = {**cfg.to_dict(), "eps": eps, "alpha": alpha, "augment": augment, "total_steps": total_steps,
                     "minibatches": minibatches, "eval_every": eval_every, "device": str(device),
                     "data_source": data.source, "train_size": len(data.y_train), "arch": arch,
-                    "versions": versions(), "world_size": distributed.world_size()}
+                    "versions": versions(), "world_size": distributed.world_size(),
+                    **({"lr_finder": lr_finder} if lr_finder else {})}
         run_dir = distributed.from_main(lambda: new_run_dir(cfg.out_dir, cfg.name or run_name(cfg, eps), resolved))
         cfg = run_config(run_dir)  # as resolved, exactly what a resume reads back
     else:

@@ -37,7 +37,7 @@ BAD = [
     ("replays fractional", ["--replays", "1.5"], {}, "replays expects an integer, got '1.5'"),
     ("batch size 0", ["--batch-size", "0"], {}, "batch_size must be >= 1, got 0"),
     ("batch size fractional", ["--batch-size", "1.5"], {}, "batch_size expects an integer, got '1.5'"),
-    ("lr-max negative", ["--lr-max", "-0.1"], {}, "lr_max must be > 0, got -0.1"),
+    ("lr-max negative", ["--lr-max", "-0.1"], {}, "lr_max must be > 0 or auto, got -0.1"),
     ("momentum 1", ["--momentum", "1.0"], {}, "momentum must be in [0, 1), got 1.0"),
     ("weight decay negative", ["--weight-decay", "-1"], {}, "weight_decay must be >= 0, got -1.0"),
     ("eval size 0", ["--eval-size", "0"], {}, "eval_size must be >= 1, got 0"),
@@ -71,7 +71,7 @@ BAD = [
     ("negative learning rate", ["--lr-schedule", "constant:lr_max=-1"], {},
      "lr_schedule 'constant:lr_max=-1' gives learning rates from -1 to -1; they must be >= 0"),
     ("momentum above 1", ["--momentum-schedule", "one-cycle:high=1.5"], {},
-     "momentum_schedule 'one-cycle:high=1.5' gives momenta from 0.85 to 1.5; they must be in [0, 1)"),
+     "momentum schedule 'one-cycle:high=1.5' has inconsistent parameters: need 0 <= low <= high < 1"),
     # --- files and folders
     ("config not found", ["--config", "{d}/missing.toml"], {}, "config file not found: "),
     ("config is a folder", ["--config", "{d}"], {}, "is a directory"),
