@@ -41,14 +41,14 @@ class StepContext:
         self.precision.step(self.optimizer)
         self.iteration += 1
 
-    def attack(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
-        """PGD-``steps`` from a random start at the current eps and alpha, under the step's autocast.
+    def attack(self, x: torch.Tensor, y: torch.Tensor, steps: int, random_start: bool = True) -> torch.Tensor:
+        """PGD-``steps`` (from a random start, or from x) at the current eps and alpha, under the step's autocast.
 
         Runs on the plain module inside a DDP wrapper: input gradients only, no gradient all-reduce.
         """
         with self.precision.autocast():
-            return pgd(unwrap(self.model), x, y, eps=self.eps, alpha=self.alpha, steps=steps, random_start=True,
-                       generator=self.generator)
+            return pgd(unwrap(self.model), x, y, eps=self.eps, alpha=self.alpha, steps=steps,
+                       random_start=random_start, generator=self.generator)
 
 
 @dataclass
@@ -102,6 +102,15 @@ def standard_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepSta
                  passes=lambda m, k: 2, alpha=lambda eps, k: 1.25 * eps)
 def fgsm_rs_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
     stats = sgd_on(ctx, ctx.attack(x, y, steps=1), y)
+    stats.passes = 2
+    return stats
+
+
+@register_method("fgsm", description="FGSM from x itself, step alpha=eps (Goodfellow et al. 2015): the single-step "
+                                     "method that overfits catastrophically; kept as the reference case",
+                 passes=lambda m, k: 2, alpha=lambda eps, k: eps)
+def fgsm_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
+    stats = sgd_on(ctx, ctx.attack(x, y, steps=1, random_start=False), y)
     stats.passes = 2
     return stats
 
