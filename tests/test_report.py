@@ -55,9 +55,9 @@ def test_report_files_and_table(report, toy_runs):
         assert row.iterations == group[0].summary["steps"] and row.grads == group[0].summary["grad_computations"]
     md = report.markdown.read_text()
     assert "**synth_FAT_0.048_0.05** (baseline)" in md and "![Loss curves](loss_vs_iterations.png)" in md
-    # the target is the baseline's final held-out adversarial accuracy (seed mean)
-    base_final = np.mean([r.curves["adv_acc"][-1] for r in runs if r.label == report.baseline])
-    assert report.target == pytest.approx(base_final)
+    # the target is the end of the baseline's seed-mean held-out adversarial accuracy, EMA-smoothed
+    base_mean = np.mean([r.curves["adv_acc"] for r in runs if r.label == report.baseline], axis=0)
+    assert report.target == pytest.approx(ema(base_mean, 0.6)[-1])
 
 
 def test_report_reads_only(toy_runs, tmp_path):
@@ -103,6 +103,20 @@ def test_time_to_target_and_speedup(tmp_path):
     rows = table_rows(groups, "d_FAT_8_0.10", resolve_target(groups, "d_FAT_8_0.10", 0.2))
     assert {r.label: r.steps_to_target for r in rows} == {"d_FAT_8_0.10": "4", "d_1cyc_4_0.10": "2",
                                                           "d_const_4_0.10": "4"}
+
+
+def test_time_to_target_ignores_a_lone_spike(tmp_path):
+    """With smoothing, one lucky check does not count as reaching the target; the raw curve would."""
+    runs = tmp_path / "runs"
+    write_fake_run(runs, "d_FAT_8_0.10_s0", [0.1, 0.2, 0.3, 0.4, 0.4, 0.4], [1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6])
+    write_fake_run(runs, "d_lin_4_0.10_s0", [0.1, 0.5, 0.1, 0.1, 0.1, 0.1], [1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6])
+    groups = group_runs(load_runs([runs])[0], "d_FAT_8_0.10")
+    raw = {r.label: r.steps_to_target for r in table_rows(groups, "d_FAT_8_0.10", 0.4, smoothing=0.0)}
+    target = resolve_target(groups, "d_FAT_8_0.10", None, smoothing=0.5)  # the smoothed baseline's end
+    assert 0.37 < target < 0.4
+    smooth = {r.label: r.steps_to_target for r in table_rows(groups, "d_FAT_8_0.10", target, smoothing=0.5)}
+    assert raw["d_lin_4_0.10"] == "2" and smooth["d_lin_4_0.10"] == "not reached"
+    assert smooth["d_FAT_8_0.10"] == "6"
 
 
 def test_ema_and_first_reaching():
