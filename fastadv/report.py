@@ -407,11 +407,12 @@ window.addEventListener('load', function () {
 
 def _notes(groups, baseline, target, target_given, unfinished, smoothing) -> list[str]:
     run = groups[0].runs[0]
-    s = run.summary
     notes = [f"Runs: {sum(len(g.runs) for g in groups)} finished, {len(groups)} configs (seeds grouped by name "
              "apart from the _s<seed> suffix). Accuracies: mean ± std over seeds.",
-             f"Final accuracies: {s.get('attack', '?')} on {s.get('eval_points', '?')} test points "
-             f"(eps={float(s.get('eps', float('nan'))):.4g}). Curves: {_check_desc(run)}.",
+             "Final accuracies: " + "; ".join(sorted({f"{r.summary.get('attack', '?')} on "
+                                                       f"{r.summary.get('eval_points', '?')} test points"
+                                                       for g in groups for r in g.runs}))
+             + f". Curves: {_check_desc(run)}.",
              "Train s: training wall-clock time, held-out checks and final evaluation excluded."]
     if target is not None:
         source = ("given with --target" if target_given
