@@ -43,6 +43,7 @@ class TrainConfig:
     eps_warmup: float = 0.0  # fraction of training over which eps and alpha ramp up from 0
     # --- optimisation
     epochs: float = 10.0  # passes over the training data (Free-m: real passes, not replays)
+    iterations: int = 0  # total optimizer steps, Free-m replays included (the thesis' unit); > 0 overrides epochs
     batch_size: int = 128
     optimizer: str = "sgd"  # sgd | adam
     lr_schedule: str = "one-cycle"  # schedule spec "name:key=value,..."; see fastadv.schedules
@@ -129,6 +130,7 @@ class TrainConfig:
             (self.replays >= 1, f"replays must be >= 1, got {self.replays}"),
             (self.attack_steps >= 1, f"attack_steps must be >= 1, got {self.attack_steps}"),
             (self.epochs > 0 and math.isfinite(self.epochs), f"epochs must be > 0, got {self.epochs}"),
+            (self.iterations >= 0, f"iterations must be >= 0 (0 = use epochs), got {self.iterations}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
             (self.lr_max is None or self.lr_max > 0, f"lr_max must be > 0 or auto, got {self.lr_max}"),

@@ -17,7 +17,6 @@ import csv
 import json
 import platform
 import random
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -91,10 +90,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_name(cfg: TrainConfig, eps: float) -> str:
-    sched = re.sub(r"[^A-Za-z0-9.=_-]+", "_", cfg.lr_schedule.split(":")[0])
-    method = f"free{cfg.replays}" if cfg.method == "free" else cfg.method
-    return f"{cfg.dataset}_{cfg.model}_{method}_{sched}_e{cfg.epochs:g}_eps{eps:.3g}_s{cfg.seed}"
+def run_name(cfg: TrainConfig, eps: float | None = None) -> str:
+    """The default run directory name: the thesis' D_F2_E_M code (see fastadv.experiment)."""
+    from fastadv.experiment import thesis_name
+
+    return thesis_name(cfg)
 
 
 def fresh_run_dir(out_dir: str, name: str) -> Path:
@@ -505,8 +505,9 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
     eps = resolve_eps(cfg)
     alpha = cfg.alpha if cfg.alpha is not None else method.default_alpha(eps, cfg.attack_steps)
     per_epoch = batches_per_epoch(len(data.y_train), cfg.batch_size)
-    minibatches = max(1, round(cfg.epochs * per_epoch))
     steps_per_mb = method.steps_per_minibatch(cfg.replays, cfg.attack_steps)
+    minibatches = max(1, round(cfg.iterations / steps_per_mb) if cfg.iterations > 0  # thesis unit: steps
+                      else round(cfg.epochs * per_epoch))
     total_steps = minibatches * steps_per_mb
     lr_fn = schedules.build(cfg.lr_schedule, total_steps, lr_max=cfg.lr_max)
     mom_fn = schedules.build_momentum(cfg.momentum_schedule, total_steps, lr_spec=cfg.lr_schedule,
