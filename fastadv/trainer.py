@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastadv import schedules
+from fastadv import perf, schedules
 from fastadv.checkpoint import arch_of, model_from_arch, save_weights, write_json
 from fastadv.config import ConfigError, TrainConfig, resolve_eps
 from fastadv.data import DATASETS, Dataset, batches, batches_per_epoch, load_dataset, unknown_name
@@ -206,17 +206,21 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
 
     arch = arch_of(cfg, data)
     model = model_from_arch(arch).to(device)
+    speed = {**perf.configure_backends(device), "channels_last": cfg.channels_last, "compile": cfg.compile}
+    train_model = perf.prepare_model(model, channels_last=cfg.channels_last, compile=cfg.compile)  # shares model's weights
     optimizer = make_optimizer(cfg, model)
     generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # attack random starts
     data_gen = torch.Generator().manual_seed(cfg.seed)  # data order and augmentation
-    ctx = StepContext(model, optimizer, eps, alpha, cfg.replays, cfg.attack_steps,
+    ctx = StepContext(train_model, optimizer, eps, alpha, cfg.replays, cfg.attack_steps,
                       hyperparam_setter(optimizer, lr_fn, mom_fn), generator,
                       precision=make_precision(cfg.precision, device))
+    speed["precision"] = ctx.precision.mode
 
     run_dir = fresh_run_dir(cfg.out_dir, cfg.name or run_name(cfg, eps))
     resolved = {**cfg.to_dict(), "eps": eps, "alpha": alpha, "augment": augment, "total_steps": total_steps,
                 "minibatches": minibatches, "eval_every": eval_every, "device": str(device),
-                "data_source": data.source, "train_size": len(data.y_train), "arch": arch, "versions": versions()}
+                "data_source": data.source, "train_size": len(data.y_train), "arch": arch, "speed": speed,
+                "versions": versions()}
     write_json(run_dir / "config.json", resolved)
 
     # Held-out check: fixed test points (the same for every run), quick PGD at eps/4.
@@ -225,8 +229,8 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
     monitor_attack = AttackSpec("pgd", eps=eps, steps=cfg.eval_attack_steps, restarts=1)
 
     log = RunLog(run_dir, total_steps, cfg.progress)
-    acc = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count since last row
-    passes, train_seconds, next_eval, mb_done = 0, 0.0, eval_every, 0
+    acc = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct since last row (no host sync)
+    passes, train_seconds, next_eval, mb_done, count = 0, 0.0, eval_every, 0, 0
     model.train()
     t0 = time.perf_counter()
     try:
@@ -234,9 +238,10 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
             for x, y in batches(data.x_train, data.y_train, cfg.batch_size, generator=data_gen, augment=augment):
                 ramp = eps_ramp(mb_done / minibatches, cfg.eps_warmup)
                 ctx.eps, ctx.alpha = eps * ramp, alpha * ramp
-                stats = method.step(ctx, x, y)
-                acc += torch.stack([stats.loss_sum.double(), stats.correct.double(),
-                                    torch.tensor(float(stats.count), dtype=torch.float64, device=device)])
+                stats = method.step(ctx, perf.prepare_batch(x, cfg.channels_last), y)
+                acc[0] += stats.loss_sum
+                acc[1] += stats.correct
+                count += stats.count  # a host int: no tensor built from it per step
                 passes += stats.passes
                 mb_done += 1
                 log.bar.update(steps_per_mb)
@@ -245,7 +250,7 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     train_seconds += time.perf_counter() - t0
-                    loss_sum, correct, count = acc.tolist()
+                    loss_sum, correct = acc.tolist()
                     if not math.isfinite(loss_sum):
                         raise TrainingDiverged(f"training loss became non-finite at step {ctx.iteration}; "
                                                f"lower lr_max (now {cfg.lr_max})")
@@ -260,6 +265,7 @@ def train(config: TrainConfig | dict, *, data: Dataset | None = None) -> RunResu
                              "grad_computations": passes})
                     observe_schedules((lr_fn, mom_fn), ctx.iteration, check)
                     acc.zero_()
+                    count = 0
                     next_eval += eval_every
                     t0 = time.perf_counter()
                 if last:
