@@ -12,8 +12,9 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from benchmarks import BENCHMARKS
+    from benchmarks import registry
 
+    BENCHMARKS = registry()
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description="fastadv speed and memory benchmarks: print tables, write JSON.",
         epilog="benchmarks: " + "; ".join(f"{n}: {m.DESCRIPTION}" for n, m in BENCHMARKS.items()))
@@ -22,18 +23,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="fewer rounds and one seed (minutes); the full run takes longer, see docs/PERFORMANCE.md")
     parser.add_argument("--seeds", type=int, default=None, help="time-to-robust seeds (default 3, quick 1)")
+    parser.add_argument("--stop-at-target", action=argparse.BooleanOptionalAction, default=None,
+                        help="time-to-robust: end Wong's training at its first check >= 88%% (same time to 88%%, "
+                             "no final accuracy; default: on in --quick, off otherwise)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is steadier on a crowded machine)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results file [default: {DEFAULT_OUT.name} "
                                                                       "next to this package]")
     args = parser.parse_args(argv)
     if args.seeds is not None and args.seeds < 1:
         parser.error("--seeds must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from benchmarks import BENCHMARKS
+    from benchmarks import registry
     from benchmarks._common import machine
     from fastadv.errors import UserError
     from fastadv.trainer import resolve_device
@@ -43,6 +51,11 @@ def main(argv=None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    BENCHMARKS = registry()
     names = args.only or list(BENCHMARKS)
     info = machine(device)
     print(f"fastadv benchmarks on {info['processor']} ({info['cpu_count']} cores, torch {info['torch']}, "
@@ -53,7 +66,7 @@ def main(argv=None) -> int:
         print(f"\n== {name}: {BENCHMARKS[name].DESCRIPTION}", flush=True)
         t = time.perf_counter()
         try:
-            out = BENCHMARKS[name].run(device, quick=args.quick, seeds=args.seeds,
+            out = BENCHMARKS[name].run(device, quick=args.quick, seeds=args.seeds, stop_at_target=args.stop_at_target,
                                        log=lambda s: print(s, flush=True))
         except UserError as exc:  # e.g. MNIST not found for time-to-robust
             print(f"error: {exc}", file=sys.stderr)

@@ -30,10 +30,11 @@ from benchmarks._common import PeakMemory, median, spread, sync, table
 NAME = "step-cost"
 DESCRIPTION = "time per training step of each method over one clean forward-backward step"
 
-# (label, model, channels, size, batch, eps): MNIST-sized input for small-cnn, CIFAR-sized for fast-cnn.
+# (label, model, channels, size, batch, eps, (rounds, steps) full, (rounds, steps) quick): MNIST-sized
+# input for small-cnn, CIFAR-sized for fast-cnn, whose steps cost ~20x more (so fewer of them).
 SETUPS = [
-    ("small-cnn / MNIST 1x28x28", "small-cnn", 1, 28, 100, 0.3),
-    ("fast-cnn / CIFAR 3x32x32", "fast-cnn", 3, 32, 128, 8 / 255),
+    ("small-cnn / MNIST 1x28x28", "small-cnn", 1, 28, 100, 0.3, (15, 5), (5, 3)),
+    ("fast-cnn / CIFAR 3x32x32", "fast-cnn", 3, 32, 128, 8 / 255, (7, 2), (3, 1)),
 ]
 REPLAYS = 4
 # (label, method name, attack steps, floor in forward-backward computations per optimizer-step unit)
@@ -69,7 +70,7 @@ def time_block(fn, steps: int, device) -> float:
 
 
 def measure_setup(setup, device, *, rounds: int, steps: int, channels_last: bool, precision: str) -> list[dict]:
-    label, model_name, channels, size, batch, eps = setup
+    label, model_name, channels, size, batch, eps = setup[:6]
     torch.manual_seed(0)
     x = torch.rand(batch, channels, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
@@ -113,6 +114,7 @@ def measure_setup(setup, device, *, rounds: int, steps: int, channels_last: bool
                 ratios[name].append(t / u)
                 ms[name].append(1e3 * t)
     rows = [{"setup": label, "model": model_name, "batch": batch, "channels_last": channels_last,
+             "rounds": rounds, "steps": steps,
              "precision": precision, "method": "clean step (unit)", "ms": 1e3 * median(units),
              "ratio": 1.0, "ratio_range": [1.0, 1.0], "floor": 1.0, "target": None, "meets": None,
              "images_per_s": batch / median(units), "memory": mem.to_dict()}]
@@ -120,6 +122,7 @@ def measure_setup(setup, device, *, rounds: int, steps: int, channels_last: bool
         target = floor * TOLERANCE if method != "fgsm-rs" else 2.1
         r = median(ratios[name])
         rows.append({"setup": label, "model": model_name, "batch": batch, "channels_last": channels_last,
+                     "rounds": rounds, "steps": steps,
                      "precision": precision, "method": name, "ms": median(ms[name]), "ratio": r,
                      "ratio_range": list(spread(ratios[name])), "floor": floor, "target": target,
                      "meets": bool(r <= target), "memory": mem.to_dict()})
@@ -137,9 +140,9 @@ def variants(device: torch.device, quick: bool) -> list[tuple[bool, str]]:
 
 
 def run(device: torch.device, quick: bool = False, log=print, **_) -> dict:
-    rounds, steps = (5, 3) if quick else (15, 5)
     rows = []
     for setup in SETUPS:
+        rounds, steps = setup[7] if quick else setup[6]
         for channels_last, precision in variants(device, quick):
             log(f"  {setup[0]}, channels_last={channels_last}, {precision} ...")
             rows += measure_setup(setup, device, rounds=rounds, steps=steps, channels_last=channels_last,
@@ -150,5 +153,48 @@ def run(device: torch.device, quick: bool = False, log=print, **_) -> dict:
                    r["target"], {True: "yes", False: "NO", None: ""}[r["meets"]], r["memory"]["rss_peak_mb"]]
                   for r in rows])
     text += (f"\nratio = method's time per step (free: per replay) / clean fwd-bwd-update step, same model, "
-             f"batch and layout; median over {rounds} interleaved rounds of {steps} steps")
-    return {"name": NAME, "rounds": rounds, "steps": steps, "rows": rows, "table": text}
+             f"batch and layout; median over interleaved rounds (small-cnn {SETUPS[0][7 if quick else 6]}, "
+             f"fast-cnn {SETUPS[1][7 if quick else 6]} (rounds, steps per block))")
+    return {"name": NAME, "rows": rows, "table": text}
+
+
+def profile(method_label: str = "free (per replay, m=4)", setup_index: int = 0, steps: int = 20,
+            channels_last: bool = False, row_limit: int = 12) -> str:
+    """torch.profiler tables (CPU time per op) of the clean unit step and one method's step, to see
+    where a ratio above its floor comes from. ``python -m benchmarks.step_cost --profile free``."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    label, model_name, channels, size, batch, eps = SETUPS[setup_index][:6]
+    row = next(r for r in METHOD_ROWS if r[0] == method_label or r[1] == method_label)
+    torch.manual_seed(0)
+    x = perf.prepare_batch(torch.rand(batch, channels, size, size), channels_last)
+    y = torch.randint(0, 10, (batch,))
+    model = perf.prepare_model(build_model(model_name, channels=channels, size=size), channels_last=channels_last)
+    unit_model = copy.deepcopy(model)
+    unit_opt = torch.optim.SGD(unit_model.parameters(), lr=0.01, momentum=0.9)
+    ctx = make_context(model, row[1], row[2], eps, torch.device("cpu"), "fp32")
+
+    def unit():
+        unit_opt.zero_grad(set_to_none=True)
+        F.cross_entropy(unit_model(x), y).backward()
+        unit_opt.step()
+
+    out = []
+    for name, fn in (("clean unit step", unit), (row[0], lambda: METHODS[row[1]].step(ctx, x, y))):
+        time_block(fn, 3, "cpu")
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            time_block(fn, steps, "cpu")
+        out.append(f"--- {name}, {label}, {steps} steps\n"
+                   + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit))
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="profile one method's step against the clean step")
+    parser.add_argument("--profile", default="free", help="method row label or method name (default free)")
+    parser.add_argument("--setup", type=int, default=0, help="index into SETUPS (0 small-cnn, 1 fast-cnn)")
+    parser.add_argument("--channels-last", action="store_true")
+    args = parser.parse_args()
+    print(profile(args.profile, args.setup, channels_last=args.channels_last))
