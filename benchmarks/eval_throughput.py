@@ -80,7 +80,7 @@ def measure(device, x_all, y_all, *, channels_last: bool, rounds: int) -> dict:
 
 def run(device: torch.device, quick: bool = False, log=print, **_) -> dict:
     x_all, y_all, source = test_set(device)
-    rounds = 2 if quick else 5
+    rounds = 2 if quick else 3
     rows = []
     for channels_last in (False, True):
         log(f"  PGD-20 on {len(y_all)} images, channels_last={channels_last} ...")

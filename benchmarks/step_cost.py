@@ -153,8 +153,9 @@ def run(device: torch.device, quick: bool = False, log=print, **_) -> dict:
                    r["target"], {True: "yes", False: "NO", None: ""}[r["meets"]], r["memory"]["rss_peak_mb"]]
                   for r in rows])
     text += (f"\nratio = method's time per step (free: per replay) / clean fwd-bwd-update step, same model, "
-             f"batch and layout; median over interleaved rounds (small-cnn {SETUPS[0][7 if quick else 6]}, "
-             f"fast-cnn {SETUPS[1][7 if quick else 6]} (rounds, steps per block))")
+             f"batch and layout; median over interleaved rounds ("
+             + ", ".join(f"{s[1]}: {s[7 if quick else 6][0]} rounds of {s[7 if quick else 6][1]} steps" for s in SETUPS)
+             + ")")
     return {"name": NAME, "rows": rows, "table": text}
 
 
