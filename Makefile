@@ -20,5 +20,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Speed and memory benchmarks: tables on stdout, figures in benchmarks/results.json.
+# `make bench BENCH_ARGS=--quick` for a run of a few minutes; see docs/PERFORMANCE.md.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

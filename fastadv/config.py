@@ -54,6 +54,8 @@ class TrainConfig:
     weight_decay: float = 2e-4
     # --- speed
     precision: str = "fp32"  # fp32 | bf16 | fp16 (with a GradScaler on CUDA) | auto (bf16 on CUDA, fp32 on CPU)
+    channels_last: bool = False  # NHWC memory layout for model and batches (faster convolutions on CPU and GPU)
+    compile: bool = False  # torch.compile the model for training (first steps pay the compilation)
 
     # --- evaluation
     eval_every: int = 0  # optimizer steps between held-out checks (0 = about 10 per run)

@@ -46,6 +46,8 @@ class StepContext:
 
         Runs on the plain module inside a DDP wrapper: input gradients only, no gradient all-reduce.
         """
+        if self.eps == 0 or steps == 0:  # start of an eps ramp: nothing to attack
+            return x
         with self.precision.autocast():
             return pgd(unwrap(self.model), x, y, eps=self.eps, alpha=self.alpha, steps=steps,
                        random_start=random_start, generator=self.generator)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastadv import distributed, schedules
+from fastadv import distributed, perf, schedules
 from fastadv.checkpoint import (CHECKPOINT_DIR, CheckpointError, arch_of, atomic_write, checkpoint_name,
                                 latest_checkpoint, model_from_arch, read_checkpoint, save_weights, write_checkpoint,
                                 write_json)
@@ -263,6 +263,7 @@ class LoopState:
     checkpoint_seconds: float = 0.0  # time spent writing checkpoints
     next_eval: int = 0  # optimizer step of the next held-out check
     rows: int = 0  # metrics.csv rows written
+    count: int = 0  # training examples seen since the last metrics row
     lr_scale: float = 1.0  # product of the guard's lr remedies
     alpha_scale: float = 1.0  # product of the guard's alpha remedies
     stopped: bool = False  # the guard's stop remedy ended training early
@@ -335,7 +336,7 @@ def training_state(cfg: TrainConfig, arch: dict, ctx: StepContext, stream: Batch
     """A resume checkpoint: tensors and plain values only (loads with ``weights_only=True``)."""
     scaler = ctx.precision.scaler
     return {"format": 1, "step": ctx.iteration, "arch": arch, "config": run_defining(cfg),
-            "model": distributed.unwrap(ctx.model).state_dict(), "optimizer": ctx.optimizer.state_dict(),
+            "model": plain_module(ctx.model).state_dict(), "optimizer": ctx.optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "schedules": [fn.state_dict() if hasattr(fn, "state_dict") else None for fn in fns],
             "method": ctx.state, "data": stream.state_dict(), "rng": rng_state(ctx.generator),
@@ -359,7 +360,7 @@ def check_same_run(ckpt: dict, cfg: TrainConfig, arch: dict, name: str) -> None:
 def restore_weights(ckpt: dict, ctx: StepContext, name: str) -> None:
     """Model, optimizer, loss scaler and method state (Free-m's delta) from a checkpoint."""
     try:
-        distributed.unwrap(ctx.model).load_state_dict(ckpt["model"])
+        plain_module(ctx.model).load_state_dict(ckpt["model"])
         ctx.optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {name} does not fit this model: {str(exc).splitlines()[0][:200]}") from None
@@ -368,6 +369,12 @@ def restore_weights(ckpt: dict, ctx: StepContext, name: str) -> None:
     device = next(ctx.model.parameters()).device
     method = own_rank(ckpt).get("method", ckpt["method"])
     ctx.state = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in method.items()}
+
+
+def plain_module(model: nn.Module) -> nn.Module:
+    """The module whose state_dict keys are the model's own: inside DDP and torch.compile wrappers."""
+    model = distributed.unwrap(model)
+    return getattr(model, "_orig_mod", model)
 
 
 def rank_states(ctx: StepContext) -> list | None:
@@ -517,21 +524,24 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
 
     arch = arch_of(cfg, data)
     model = model_from_arch(arch).to(device)
+    speed = {**perf.configure_backends(device), "channels_last": cfg.channels_last, "compile": cfg.compile}
+    train_model = perf.prepare_model(model, channels_last=cfg.channels_last, compile=cfg.compile)  # shares model's weights
     optimizer = make_optimizer(cfg, model)
     generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(cfg.seed + 1))  # random starts
     data_gen = torch.Generator().manual_seed(cfg.seed)  # data order and augmentation
     stream = BatchStream(data.x_train, data.y_train, cfg.batch_size, generator=data_gen, augment=augment,
                          shard=distributed.rows)
     loop = LoopState(next_eval=eval_every)
-    ctx = StepContext(distributed.wrap(model, device), optimizer, eps, alpha, cfg.replays, cfg.attack_steps,
+    ctx = StepContext(distributed.wrap(train_model, device), optimizer, eps, alpha, cfg.replays, cfg.attack_steps,
                       hyperparam_setter(optimizer, lr_fn, mom_fn, lambda: loop.lr_scale), generator,
                       precision=make_precision(cfg.precision, device))
+    speed["precision"] = ctx.precision.mode
 
     if resume is None:
         resolved = {**cfg.to_dict(), "eps": eps, "alpha": alpha, "augment": augment, "total_steps": total_steps,
                     "minibatches": minibatches, "eval_every": eval_every, "device": str(device),
                     "data_source": data.source, "train_size": len(data.y_train), "arch": arch,
-                    "versions": versions(), "world_size": distributed.world_size(),
+                    "speed": speed, "versions": versions(), "world_size": distributed.world_size(),
                     **({"lr_finder": lr_finder} if lr_finder else {})}
         run_dir = distributed.from_main(lambda: new_run_dir(cfg.out_dir, cfg.name or run_name(cfg, eps), resolved))
         cfg = run_config(run_dir)  # as resolved, exactly what a resume reads back
@@ -544,7 +554,7 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
     monitor_attack = AttackSpec("pgd", eps=eps, steps=cfg.eval_attack_steps, restarts=1)
 
     fns, guard = (lr_fn, mom_fn), make_guard(cfg)
-    acc = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count since last row
+    acc = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct since last row (count: loop.count)
 
     def save() -> str:
         t = time.perf_counter()
@@ -580,9 +590,10 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
             x, y = next(stream)
             ramp = eps_ramp(loop.mb_done / minibatches, cfg.eps_warmup)
             ctx.eps, ctx.alpha = eps * ramp, alpha * loop.alpha_scale * ramp
-            stats = method.step(ctx, x, y)
-            acc += torch.stack([stats.loss_sum.double(), stats.correct.double(),
-                                torch.tensor(float(stats.count), dtype=torch.float64, device=device)])
+            stats = method.step(ctx, perf.prepare_batch(x, cfg.channels_last), y)
+            acc[0] += stats.loss_sum
+            acc[1] += stats.correct
+            loop.count += stats.count  # a host int: no tensor is built from it per step
             loop.passes += stats.passes
             loop.mb_done += 1
             log.bar.update(steps_per_mb)
@@ -590,7 +601,8 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
             if at_check or checkpoint_due(cfg.checkpoint_every, ctx.iteration - saved_step,
                                           time.perf_counter() - last_save_time):
                 loop.train_seconds += elapsed(t0, device)
-                total = distributed.all_reduce_sum(acc)  # this process's sums, or all processes'
+                total = distributed.all_reduce_sum(  # loss sum, correct, count: this process's or all processes'
+                    torch.cat([acc, torch.tensor([float(loop.count)], dtype=acc.dtype, device=device)]))
                 if not all_finite(total, model):
                     raise TrainingDiverged(f"training loss became non-finite before step {ctx.iteration}; "
                                            f"kept checkpoint {last_saved}; lower lr_max (now {cfg.lr_max})")
@@ -602,6 +614,7 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
                     loop.rows += 1
                     observe_schedules(fns, ctx.iteration, check)
                     acc.zero_()
+                    loop.count = 0
                     loop.next_eval += eval_every
                 last_saved, saved_step = save(), ctx.iteration
                 t0 = last_save_time = time.perf_counter()

@@ -1,0 +1,98 @@
+"""``python -m benchmarks [--only NAME ...] [--quick] [--seeds N] [--device D] [--out FILE]``."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from benchmarks import registry
+
+    BENCHMARKS = registry()
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description="fastadv speed and memory benchmarks: print tables, write JSON.",
+        epilog="benchmarks: " + "; ".join(f"{n}: {m.DESCRIPTION}" for n, m in BENCHMARKS.items()))
+    parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), metavar="NAME",
+                        help=f"run only this benchmark (repeatable; one of {', '.join(BENCHMARKS)})")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer rounds and one seed (minutes); the full run takes longer, see docs/PERFORMANCE.md")
+    parser.add_argument("--seeds", type=int, default=None, help="time-to-robust seeds (default 3, quick 1)")
+    parser.add_argument("--stop-at-target", action=argparse.BooleanOptionalAction, default=None,
+                        help="time-to-robust: end Wong's training at its first check >= 88%% (same time to 88%%, "
+                             "no final accuracy; default: on in --quick, off otherwise)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is steadier on a crowded machine)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results file [default: {DEFAULT_OUT.name} "
+                                                                      "next to this package]")
+    args = parser.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        parser.error("--seeds must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from benchmarks import registry
+    from benchmarks._common import machine
+    from fastadv.errors import UserError
+    from fastadv.trainer import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    BENCHMARKS = registry()
+    names = args.only or list(BENCHMARKS)
+    info = machine(device)
+    print(f"fastadv benchmarks on {info['processor']} ({info['cpu_count']} cores, torch {info['torch']}, "
+          f"{info['torch_threads']} threads, device {device}); load average {info['load_average'][0]:.1f}"
+          + (" [quick]" if args.quick else ""), flush=True)
+    results = {}
+    for name in names:
+        print(f"\n== {name}: {BENCHMARKS[name].DESCRIPTION}", flush=True)
+        t = time.perf_counter()
+        try:
+            out = BENCHMARKS[name].run(device, quick=args.quick, seeds=args.seeds, stop_at_target=args.stop_at_target,
+                                       log=lambda s: print(s, flush=True))
+        except UserError as exc:  # e.g. MNIST not found for time-to-robust
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        out.update(wall_seconds=time.perf_counter() - t, quick=args.quick, machine=machine(device),
+                   finished=dt.datetime.now().isoformat(timespec="seconds"))
+        results[name] = out
+        print(out["table"], flush=True)
+        print(f"({out['wall_seconds']:.0f} s)", flush=True)
+    write(args.out, results)
+    print(f"\nresults written to {args.out}")
+    return 0
+
+
+def write(path: Path, results: dict) -> None:
+    """Merge into an existing results file, so running one benchmark keeps the others' last figures."""
+    old = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text()).get("benchmarks", {})
+        except (ValueError, AttributeError):
+            old = {}
+    data = {"benchmarks": {**old, **results}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

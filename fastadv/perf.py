@@ -1,0 +1,65 @@
+"""Device-level speed settings: memory format, cuDNN autotuning, TF32, ``torch.compile``.
+
+None of these change what is computed, only how fast (TF32 on CUDA rounds fp32 matmul and
+convolution inputs to 10 mantissa bits, which is standard for training; bf16/fp16 autocast
+lives in ``fastadv.precision``). The trainer calls :func:`configure_backends` once,
+:func:`prepare_model` on the freshly built model and :func:`prepare_batch` on every
+minibatch, and records :func:`configure_backends`' answer in the run's ``config.json``.
+
+Usable in one's own loop::
+
+    flags = perf.configure_backends(device)
+    fast = perf.prepare_model(model, channels_last=True, compile=False)  # train with ``fast``
+    x = perf.prepare_batch(x, channels_last=True)                         # N x C x H x W
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def configure_backends(device: torch.device | str) -> dict:
+    """Process-wide switches for ``device``; returns what was set (for the run record).
+
+    On CUDA: cuDNN autotuning (``cudnn.benchmark``: input shapes are fixed within a run,
+    so the one-off search per shape pays back within a few steps) and TF32 matmul and
+    convolutions. On other devices nothing is changed.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {"cudnn_benchmark": False, "tf32": False}
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return {"cudnn_benchmark": True, "tf32": True}
+
+
+def prepare_model(model: nn.Module, *, channels_last: bool = False, compile: bool = False,
+                  compile_options: dict | None = None) -> nn.Module:
+    """The module to train with: ``model`` in channels-last layout, optionally compiled.
+
+    ``model`` itself is converted in place (parameters keep their values; 4-D conv weights
+    get NHWC strides), so saving or evaluating ``model`` sees the trained weights. With
+    ``compile`` the result is a ``torch.compile`` wrapper sharing those parameters: keep
+    ``model`` for ``state_dict()``, whose keys the wrapper would prefix with ``_orig_mod.``.
+    ``compile_options`` go to ``torch.compile`` (e.g. ``{"mode": "max-autotune"}``).
+    """
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if compile:
+        return torch.compile(model, **(compile_options or {}))
+    return model
+
+
+def prepare_batch(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """A 4-D N x C x H x W batch in the layout the model was prepared for (no copy if it already is)."""
+    if channels_last and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+__all__ = ["configure_backends", "memory_format", "prepare_batch", "prepare_model"]
