@@ -204,7 +204,7 @@ def render(report, record: dict, y) -> str:
     rows += [(r.spec.describe(), pct((report.clean.correct & r.correct).float().mean().item()), f"{r.seconds:.1f} s")
              for r in report.attacks]
     worst_label = "worst case over all attacks (per example)" if len(report.attacks) > 1 else "robust accuracy"
-    rows.append((worst_label, pct(report.robust_acc) + untrusted, ""))
+    rows.append((worst_label, pct(report.worst_case_acc) + untrusted, ""))
     width = max(len(r[0]) for r in rows)
     lines.append(f"  {'attack':<{width}}  {'accuracy':>8}  time")
     lines += [f"  {name:<{width}}  {acc}  {sec}".rstrip() for name, acc, sec in rows]
