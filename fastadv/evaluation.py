@@ -406,10 +406,13 @@ def plot_eps_curve(curve: Sequence[tuple[float, float]], path: str | Path, *, ti
         ax.axhline(100 * clean_acc, color="tab:green", linestyle="--", linewidth=1,
                    label=f"clean {100 * clean_acc:.1f}%")
     if eps_mark is not None:
-        ax.axvline(eps_mark, color="grey", linestyle=":", linewidth=1, label=f"eps = {eps_mark:.4g}")
+        k = eps_mark * 255  # name radii like 8/255 as such
+        name = f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and eps_mark < 1 else f"{eps_mark:.4g}"
+        ax.axvline(eps_mark, color="grey", linestyle=":", linewidth=1, label=f"eps = {name}")
     ax.set_xlabel("eps (L-inf, pixels in [0,1])")
     ax.set_ylabel("accuracy under attack (%)")
-    ax.set_ylim(-2, 105)
+    ax.set_ylim(-3, 110)
+    ax.set_yticks(range(0, 101, 20))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)

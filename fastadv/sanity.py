@@ -81,6 +81,7 @@ class Probe:
         from fastadv.evaluation import predict_points
 
         self.model, self.x, self.y, self.spec = model, x, y, spec
+        self.batch_size = batch_size
         self.n = len(y)
         self.tol = 1 / max(self.n, 1)  # one point of the subset
         self._predict = lambda s: predict_points(model, x, y, s, batch_size=batch_size, seed=seed,
@@ -88,6 +89,12 @@ class Probe:
         self.cache: dict = dict(known or {})
         if None not in self.cache:
             self.cache[None] = self._predict(None)
+
+    def outputs(self) -> torch.Tensor:
+        """Model outputs on the subset (N x classes, float), computed batch by batch without gradients."""
+        with torch.no_grad():
+            return torch.cat([self.model(self.x[i:i + self.batch_size]).float()
+                              for i in range(0, self.n, self.batch_size)])
 
     @property
     def clean(self) -> torch.Tensor:
@@ -130,8 +137,7 @@ def pct(a: float) -> str:
 @register_check("logits", "the model seems to output probabilities: softmax outputs flatten the loss and "
                 "weaken gradient attacks, so attacks must see logits")
 def check_logits(p: Probe):
-    with torch.no_grad():
-        out = p.model(p.x).float()
+    out = p.outputs()
     looks_prob = bool(out.min() >= -PROB_TOL and out.max() <= 1 + PROB_TOL
                       and ((out.sum(1) - 1).abs() <= PROB_TOL).all())
     detail = ("outputs are in [0,1] and every row sums to 1" if looks_prob
@@ -142,8 +148,7 @@ def check_logits(p: Probe):
 @register_check("deterministic", "the model is randomized: a fixed attack overstates robustness; use an "
                 "attack over its randomness (EOT) and report it")
 def check_deterministic(p: Probe):
-    with torch.no_grad():
-        a, b = p.model(p.x).float(), p.model(p.x).float()
+    a, b = p.outputs(), p.outputs()
     diff = (a - b).abs().max().item() if len(a) else 0.0
     flips = (a.argmax(1) != b.argmax(1)).sum().item()
     ok = diff <= DETERMINISM_TOL * (1 + a.abs().max().item()) and flips == 0
@@ -153,11 +158,14 @@ def check_deterministic(p: Probe):
 @register_check("gradients", "zero input gradients (rounding, quantization, a saturated softmax) blind gradient "
                 "attacks: the robust number is an overestimate (gradient masking)")
 def check_gradients(p: Probe):
-    x = p.x.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        loss = F.cross_entropy(p.model(x).float(), p.y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
-    zero = (grad.flatten(1).abs().amax(1) == 0).float().mean().item() if p.n else 0.0
+    zeros = []
+    for i in range(0, p.n, p.batch_size):
+        x = p.x[i:i + p.batch_size].detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(p.model(x).float(), p.y[i:i + p.batch_size], reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x)
+        zeros.append(grad.flatten(1).abs().amax(1) == 0)
+    zero = torch.cat(zeros).float().mean().item() if p.n else 0.0
     return zero <= ZERO_GRAD_FRACTION, f"{pct(zero)} of points have an all-zero input gradient"
 
 
@@ -239,6 +247,8 @@ def run_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, spec, *
     unknown = [n for n in names if n not in CHECKS]
     if unknown:
         raise ValueError(f"unknown sanity check(s) {', '.join(unknown)} (valid: {', '.join(CHECKS)})")
+    if len(y) == 0:
+        return [CheckResult(name, None, "no points to check", CHECKS[name][1]) for name in names]
     with eval_mode(model):
         probe = Probe(model, x, y, spec, known=known, seed=seed, batch_size=batch_size, attacks=attacks,
                       progress=progress)

@@ -131,13 +131,13 @@ def test_eval_command_table_json_and_plot(robust_mnist_run, capsys, tmp_path):
 
 @pytest.mark.slow
 def test_eval_command_json_and_preset(robust_mnist_run, capsys, tmp_path):
-    code = main(["eval", str(robust_mnist_run.run_dir), "--preset", "pgd50-10", "--limit", "20", "--json",
-                 "--sanity-points", "20", "--output", str(tmp_path / "e.json"), "--loss", "cw", "--no-progress"])
+    code = main(["eval", str(robust_mnist_run.run_dir), "--preset", "pgd50-10", "--limit", "10", "--json",
+                 "--sanity-points", "10", "--output", str(tmp_path / "e.json"), "--loss", "cw", "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0
     record = json.loads(out)
     assert record["attacks"][0]["description"] == "PGD-50 (10 restarts, eps=0.3, alpha=0.075, cw loss)"
-    assert record["attacks"][0]["restarts"] == 10 and record["limit"] == 20
+    assert record["attacks"][0]["restarts"] == 10 and record["limit"] == 10 and record["points"] == 10
     assert json.loads((tmp_path / "e.json").read_text())["worst_case_acc"] == record["worst_case_acc"]
 
 

@@ -151,8 +151,8 @@ def run(args) -> int:
     plot = None
     if report.eps_curve:
         plot = output.with_name("eps_curve.png")
-        plot_eps_curve(report.eps_curve, plot, title=f"{arch['model']} on {dataset}: {report.curve_spec.short()} "
-                       f"({report.points} points)", clean_acc=report.clean_acc, eps_mark=eps)
+        plot_eps_curve(report.eps_curve, plot, title=f"{arch['model']} on {dataset} ({report.points} test points)\n"
+                       f"{curve_label(report.curve_spec)}", clean_acc=report.clean_acc, eps_mark=eps)
     options = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
     record = {"path": str(path), "weights": str(weights), "model": arch["model"], "dataset": dataset,
               "limit": args.limit, "options": options, **report.to_dict(y),
@@ -189,6 +189,14 @@ def make_progress():
                                     dynamic_ncols=True)
 
 
+def curve_label(spec) -> str:
+    """The eps curve's attack without its eps, e.g. 'PGD-20, 1 restart, step eps/4, ce loss'."""
+    if spec.name == "fgsm":
+        return "FGSM, step eps"
+    step = "eps/4" if spec.alpha is None else f"{spec.alpha / spec.eps:.3g} eps" if spec.eps else f"{spec.alpha:.3g}"
+    return f"PGD-{spec.steps}, {spec.restarts} restart{'s' if spec.restarts != 1 else ''}, step {step}, {spec.loss} loss"
+
+
 def pct(a: float) -> str:
     return f"{100 * a:6.2f}%"
 
@@ -214,8 +222,7 @@ def render(report, record: dict, y) -> str:
               for r in report.per_class(y)]
 
     if report.eps_curve:
-        lines += ["", f"  robust accuracy against eps ({report.curve_spec.short()}, alpha = "
-                  f"{'eps/4' if report.curve_spec.alpha is None else 'scaled with eps'})",
+        lines += ["", f"  robust accuracy against eps ({curve_label(report.curve_spec)})",
                   f"  {'eps':>8}  {'x255':>6}  {'robust':>7}"]
         lines += [f"  {e:>8.4g}  {e * 255:>6.1f}  {pct(a)}" for e, a in report.eps_curve]
 
