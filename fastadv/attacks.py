@@ -94,7 +94,7 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         delta = random_delta(x, eps, generator) if random_start else torch.zeros_like(x)
         for _ in range(steps):
             grad, _, _ = input_gradient(model, x, delta, y, loss_fn)
-            delta = torch.clamp(delta + alpha * grad.sign(), lo, hi)
+            delta = torch.clamp(delta.add(grad.sign(), alpha=alpha), lo, hi)  # step, then project: 3 ops
         if restarts == 1:
             best_delta = delta  # nothing to compare: skip the extra forward pass
             break
