@@ -1,20 +1,45 @@
-"""Clean and adversarial accuracy of a model on [0,1] images, batched on the device."""
+"""Clean and adversarial accuracy of a model on [0,1] images, batched on the device.
+
+Two entry points:
+
+* ``evaluate(model, data, attack=AttackSpec(...))``: clean and robust accuracy under one
+  attack (what the trainer calls for its periodic check and its final number).
+* ``evaluate_suite(model, data, [AttackSpec(...), ...], eps_curve=..., sanity=True)``: the
+  full evaluation of ``fastadv eval``: clean accuracy, each attack, the per-example worst
+  case over all of them, per-class accuracy, robust accuracy against eps, and the sanity
+  checks of ``fastadv.sanity``.
+
+A point counts as robust only when the model classifies it correctly *and* the attack
+fails on it; every point is attacked for all steps (no early stop), with restarts the
+per-example worst case is kept, and the worst case over several attacks is taken per
+example. Per-example results stay on the device until the end of a pass (no host syncs
+inside the batch loop).
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from fastadv.attacks import ATTACKS
+from fastadv.attacks import ATTACKS, AUTOATTACK_STANDARD
 from fastadv.data import DataError, Dataset, to_float
+
+Progress = Callable[[str, int], Any]  # (description, total points) -> object with update(n) and close()
 
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """What attack produced a robust number; ``describe()`` is the line reports quote."""
+    """What attack produced a robust number; ``describe()`` is the line reports quote.
 
-    name: str = "pgd"  # pgd | fgsm
+    Frozen and hashable, so results can be cached by spec. ``alpha=None`` means eps/4 for
+    PGD (the thesis' PGD-20 step) and eps for FGSM; AutoAttack has no step size.
+    """
+
+    name: str = "pgd"  # pgd | fgsm | autoattack
     eps: float = 0.3
     alpha: float | None = None  # None = eps/4 for PGD, eps for FGSM
     steps: int = 20
@@ -22,19 +47,42 @@ class AttackSpec:
     loss: str = "ce"
     random_start: bool = True
 
-    def resolved_alpha(self) -> float:
+    def resolved_alpha(self) -> float | None:
         if self.alpha is not None:
             return self.alpha
+        if self.name == "autoattack":
+            return None
         return self.eps if self.name == "fgsm" else self.eps / 4
 
     def describe(self) -> str:
         if self.name == "fgsm":
             return f"FGSM (eps={self.eps:.4g})"
+        if self.name == "autoattack":
+            return f"AutoAttack standard ({', '.join(a.upper() for a in AUTOATTACK_STANDARD)}; eps={self.eps:.4g})"
         return (f"PGD-{self.steps} ({self.restarts} restart{'s' if self.restarts != 1 else ''}, "
                 f"eps={self.eps:.4g}, alpha={self.resolved_alpha():.4g}, {self.loss} loss)")
 
+    def short(self) -> str:
+        """A name for table rows, e.g. 'PGD-20x1' or 'FGSM'."""
+        return {"fgsm": "FGSM", "autoattack": "AutoAttack"}.get(self.name, f"PGD-{self.steps}x{self.restarts}")
+
+    def at_eps(self, eps: float) -> "AttackSpec":
+        """The same attack at another radius; an explicit alpha keeps its ratio to eps."""
+        alpha = None if self.alpha is None or self.eps == 0 else self.alpha * eps / self.eps
+        return replace(self, eps=eps, alpha=alpha)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "alpha": self.resolved_alpha(), "description": self.describe()}
+        out = {**asdict(self), "alpha": self.resolved_alpha(), "description": self.describe()}
+        if self.name == "autoattack":
+            out.update(version="standard", attacks=list(AUTOATTACK_STANDARD), norm="Linf", package="pyautoattack")
+        return out
+
+
+# Named attack settings for `fastadv eval --preset`; alpha stays eps/4 unless --alpha is given.
+PRESETS: dict[str, dict] = {
+    "pgd20": {"steps": 20, "restarts": 1},  # the thesis' evaluation
+    "pgd50-10": {"steps": 50, "restarts": 10},  # Wong et al.'s final evaluation
+}
 
 
 @dataclass(frozen=True)
@@ -45,9 +93,13 @@ class EvalResult:
     robust_loss: float
     points: int
     attack: str
+    trusted: bool | None = None  # None: no sanity checks were run
+    sanity: tuple = ()  # fastadv.sanity.CheckResult for each check run
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["sanity"] = [c.to_dict() for c in self.sanity]
+        return out
 
 
 def test_split(data, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,47 +116,313 @@ def test_split(data, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def as_float(x: torch.Tensor, device) -> torch.Tensor:
+    """A batch on the device as float: uint8 [0,255] becomes [0,1], float stays as given."""
+    x = x.to(device)
+    return to_float(x) if x.dtype == torch.uint8 else x.float()
+
+
+def spec_from(attack: "AttackSpec | str", eps, alpha, steps, restarts, loss) -> AttackSpec:
+    if isinstance(attack, AttackSpec):
+        return attack
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r} (valid: {', '.join(sorted(ATTACKS))})")
+    return AttackSpec(name=attack, eps=0.3 if eps is None else eps, alpha=alpha, steps=steps,
+                      restarts=restarts, loss=loss)
+
+
+def run_attack(model, x, y, attack: AttackSpec, generator=None, attacks: Mapping[str, Callable] = ATTACKS,
+               log: Callable[[str], None] | None = None) -> torch.Tensor:
+    """x_adv for one batch under ``attack``; ``attacks`` maps names to attack functions."""
+    fn = attacks[attack.name]
+    extra = {"log": log} if attack.name == "autoattack" else {}
+    return fn(model, x, y, eps=attack.eps, alpha=attack.resolved_alpha(), steps=attack.steps,
+              restarts=attack.restarts, random_start=attack.random_start if attack.name == "pgd" else False,
+              loss=attack.loss, generator=generator, **extra)
+
+
+@dataclass
+class PointResults:
+    """Per-example outcome of one pass over the points: ``correct`` (bool, N) and CE ``loss`` (N)."""
+
+    spec: AttackSpec | None  # None = clean
+    correct: torch.Tensor
+    loss: torch.Tensor
+    seconds: float = 0.0
+
+    @property
+    def acc(self) -> float:
+        return self.correct.float().mean().item() if len(self.correct) else 0.0
+
+
+def predict_points(model: torch.nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, spec: AttackSpec | None, *,
+                   batch_size: int = 500, seed: int = 0, device=None, attacks: Mapping[str, Callable] = ATTACKS,
+                   progress: Progress | None = None, log: Callable[[str], None] | None = None) -> PointResults:
+    """Per-example correctness and CE loss on ``x_all`` (clean if ``spec`` is None, else attacked).
+
+    The model must already be in the mode it should be evaluated in. Random starts come
+    from a generator seeded with ``seed``, so one spec gives the same numbers every time.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    n = len(y_all)
+    correct = torch.zeros(n, dtype=torch.bool, device=device)
+    losses = torch.zeros(n, dtype=torch.float32, device=device)
+    bar = progress(spec.short() if spec is not None else "clean", n) if progress else None
+    t0 = time.perf_counter()
+    try:
+        for start in range(0, n, batch_size):
+            x = as_float(x_all[start:start + batch_size], device)
+            y = y_all[start:start + batch_size].to(device)
+            x_in = run_attack(model, x, y, spec, generator, attacks, log) if spec is not None else x
+            with torch.no_grad():
+                logits = model(x_in).float()
+            correct[start:start + len(y)] = logits.argmax(1) == y
+            losses[start:start + len(y)] = F.cross_entropy(logits, y, reduction="none")
+            if bar is not None:
+                bar.update(len(y))
+    finally:
+        if bar is not None:
+            bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return PointResults(spec, correct, losses, time.perf_counter() - t0)
+
+
+class eval_mode:
+    """Context manager: the model in eval mode inside, its previous mode restored after."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.was_training = model, model.training
+
+    def __enter__(self):
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc):
+        self.model.train(self.was_training)
+
+
 def evaluate(model: torch.nn.Module, data, *, attack: AttackSpec | str = "pgd", eps: float | None = None,
              alpha: float | None = None, steps: int = 20, restarts: int = 1, loss: str = "ce",
              limit: int = 0, batch_size: int = 500, seed: int = 0,
-             device: torch.device | str | None = None) -> EvalResult:
+             device: torch.device | str | None = None, sanity: bool = False,
+             sanity_points: int = 200) -> EvalResult:
     """Clean and robust accuracy (fractions in [0,1]) over the test split or an (x, y) pair.
 
     Runs in eval mode and restores the model's previous mode. Images may be uint8 [0,255]
-    or float [0,1]. A point counts as robust only if the attack fails on it; every point
-    is attacked for all steps, and with restarts the per-example worst case is kept.
+    or float [0,1]. A point counts as robust only if the model is right on it and the
+    attack fails; every point is attacked for all steps, and with restarts the
+    per-example worst case is kept. ``sanity=True`` also runs the checks of
+    ``fastadv.sanity`` on ``sanity_points`` points (``EvalResult.trusted`` says whether all passed).
     """
-    if isinstance(attack, str):
-        if attack not in ATTACKS:
-            raise ValueError(f"unknown attack {attack!r} (valid: {', '.join(sorted(ATTACKS))})")
-        attack = AttackSpec(name=attack, eps=0.3 if eps is None else eps, alpha=alpha, steps=steps,
-                            restarts=restarts, loss=loss)
+    spec = spec_from(attack, eps, alpha, steps, restarts, loss)
     x_all, y_all = test_split(data, limit)
-    device = device or next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # clean ok, robust ok, clean loss, robust loss
-    try:
-        for start in range(0, len(y_all), batch_size):
-            x = x_all[start:start + batch_size].to(device)
-            x = to_float(x) if x.dtype == torch.uint8 else x.float()
-            y = y_all[start:start + batch_size].to(device)
-            x_adv = run_attack(model, x, y, attack, generator)
-            with torch.no_grad():
-                for i, inputs in enumerate((x, x_adv)):
-                    logits = model(inputs).float()
-                    sums[i] += (logits.argmax(1) == y).sum()
-                    sums[2 + i] += F.cross_entropy(logits, y, reduction="sum")
-    finally:
-        model.train(was_training)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    with eval_mode(model):
+        clean = clean_pass(model, x_all, y_all, batch_size, device)
+        adv = predict_points(model, x_all, y_all, spec, batch_size=batch_size, seed=seed, device=device)
+        checks = ()
+        if sanity:
+            checks = tuple(run_sanity(model, x_all, y_all, spec, {None: clean, spec: adv}, points=sanity_points,
+                                      seed=seed, batch_size=batch_size, device=device))
+    robust = clean.correct & adv.correct
     n = max(len(y_all), 1)
-    clean, robust, closs, rloss = (sums / n).tolist()
-    return EvalResult(clean, robust, closs, rloss, len(y_all), attack.describe())
+    sums = torch.stack([clean.correct.sum(), robust.sum(), clean.loss.sum(), adv.loss.sum()]).double() / n
+    clean_acc, robust_acc, clean_loss, robust_loss = sums.tolist()
+    trusted = all(c.passed is not False for c in checks) if sanity else None
+    return EvalResult(clean_acc, robust_acc, clean_loss, robust_loss, len(y_all), spec.describe(), trusted, checks)
 
 
-def run_attack(model, x, y, attack: AttackSpec, generator=None) -> torch.Tensor:
-    fn = ATTACKS[attack.name]
-    return fn(model, x, y, eps=attack.eps, alpha=attack.resolved_alpha(), steps=attack.steps,
-              restarts=attack.restarts, random_start=attack.random_start if attack.name == "pgd" else False,
-              loss=attack.loss, generator=generator)
+def clean_pass(model, x_all, y_all, batch_size, device, progress: Progress | None = None) -> PointResults:
+    return predict_points(model, x_all, y_all, None, batch_size=batch_size, device=device, progress=progress)
+
+
+def run_sanity(model, x_all, y_all, spec: AttackSpec, known: Mapping, *, points: int, seed: int, batch_size: int,
+               device, attacks: Mapping[str, Callable] = ATTACKS, progress: Progress | None = None) -> list:
+    """The sanity checks on a fixed random subset of ``points`` points, reusing ``known`` results."""
+    from fastadv.sanity import run_checks, subset_indices
+
+    idx = subset_indices(len(y_all), points, seed).to(x_all.device)
+    x = as_float(x_all[idx], device)
+    y = y_all[idx].to(device)
+    idx_dev = idx.to(device)
+    cached = {k: r.correct[idx_dev] for k, r in known.items()}
+    return run_checks(model, x, y, spec, known=cached, seed=seed, batch_size=batch_size, attacks=attacks,
+                      progress=progress)
+
+
+# ----------------------------------------------------------------------------- the full suite
+@dataclass
+class EvalReport:
+    """Everything ``fastadv eval`` measures; per-example tensors live on the CPU.
+
+    ``worst_case_acc`` is the headline (per example, right on the clean point and under
+    every attack); ``robust_acc`` is the main attack's alone, comparable with a run's summary.
+    """
+
+    points: int
+    total_points: int  # size of the test split before --limit
+    num_classes: int
+    seed: int
+    batch_size: int
+    clean: PointResults
+    attacks: list[PointResults]
+    eps_curve: list[tuple[float, float]] = field(default_factory=list)  # (eps, robust acc), main attack
+    curve_spec: AttackSpec | None = None
+    sanity: list = field(default_factory=list)
+    sanity_points: int = 0
+    seconds: float = 0.0
+
+    @property
+    def clean_acc(self) -> float:
+        return self.clean.acc
+
+    def robust_correct(self, result: PointResults) -> torch.Tensor:
+        return self.clean.correct & result.correct
+
+    @property
+    def worst_correct(self) -> torch.Tensor:
+        """Per example: right on the clean input and under every attack run."""
+        out = self.clean.correct.clone()
+        for r in self.attacks:
+            out &= r.correct
+        return out
+
+    @property
+    def worst_case_acc(self) -> float:
+        """The number to quote: right on the clean point and under every attack run, per example."""
+        return self.worst_correct.float().mean().item() if self.points else 0.0
+
+    @property
+    def robust_acc(self) -> float:
+        """Robust accuracy under the main attack alone (``attacks[0]``; what a run's summary reports)."""
+        return self.robust_correct(self.attacks[0]).float().mean().item() if self.points else 0.0
+
+    @property
+    def trusted(self) -> bool:
+        return all(c.passed is not False for c in self.sanity)
+
+    @property
+    def failed_checks(self) -> list:
+        return [c for c in self.sanity if c.passed is False]
+
+    def per_class(self, y: torch.Tensor) -> list[dict]:
+        """Clean and worst-case robust accuracy for each class present among the points."""
+        y = y.cpu()
+        worst = self.worst_correct
+        rows = []
+        for c in range(self.num_classes):
+            mask = y == c
+            n = int(mask.sum())
+            if n:
+                rows.append({"class": c, "points": n, "clean_acc": self.clean.correct[mask].float().mean().item(),
+                             "robust_acc": worst[mask].float().mean().item()})
+        return rows
+
+    def to_dict(self, y: torch.Tensor) -> dict:
+        return {
+            "points": self.points, "total_points": self.total_points, "seed": self.seed,
+            "batch_size": self.batch_size, "clean_acc": self.clean_acc,
+            "clean_loss": self.clean.loss.mean().item() if self.points else 0.0,
+            "attacks": [{**r.spec.to_dict(), "robust_acc": self.robust_correct(r).float().mean().item(),
+                         "robust_loss": r.loss.mean().item() if self.points else 0.0, "seconds": r.seconds}
+                        for r in self.attacks],
+            "robust_acc": self.robust_acc,  # under the main attack, as in a run's summary.json
+            "attack": self.attacks[0].spec.describe(),
+            "worst_case_acc": self.worst_case_acc,  # per example, over every attack: the number to quote
+            "worst_case_over": [r.spec.describe() for r in self.attacks],
+            "per_class": self.per_class(y),
+            "eps_curve": {"attack": self.curve_spec.to_dict() if self.curve_spec else None,
+                          "points": [{"eps": e, "robust_acc": a} for e, a in self.eps_curve]},
+            "sanity": {"points": self.sanity_points, "trusted": self.trusted,
+                       "checks": [c.to_dict() for c in self.sanity]},
+            "trusted": self.trusted,
+            "seconds": self.seconds,
+        }
+
+
+def evaluate_suite(model: torch.nn.Module, data, attacks: Sequence[AttackSpec], *, eps_curve: Sequence[float] = (),
+                   limit: int = 0, batch_size: int = 500, seed: int = 0, device: torch.device | str | None = None,
+                   sanity: bool = True, sanity_points: int = 200, num_classes: int | None = None,
+                   progress: Progress | None = None, log: Callable[[str], None] | None = None) -> EvalReport:
+    """Clean accuracy, every attack in ``attacks``, their per-example worst case, the eps curve.
+
+    ``attacks[0]`` is the main attack: the eps curve repeats it at each eps in
+    ``eps_curve`` (on all the points), and the sanity checks probe it on a fixed subset of
+    ``sanity_points`` points. Each attack's random starts use a generator seeded with
+    ``seed``. ``progress(description, total)`` makes a progress bar (e.g. ``tqdm``);
+    ``log`` receives AutoAttack's own progress lines.
+    """
+    if not attacks:
+        raise ValueError("evaluate_suite needs at least one attack")
+    t0 = time.perf_counter()
+    x_all, y_all = test_split(data, limit)
+    total = len(test_split(data)[1])
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    kw = dict(batch_size=batch_size, seed=seed, device=device, progress=progress)
+    main = attacks[0]
+    with eval_mode(model):
+        clean = predict_points(model, x_all, y_all, None, **kw)
+        results = [predict_points(model, x_all, y_all, spec, log=log, **kw) for spec in attacks]
+        known: dict[Any, PointResults] = {None: clean, **{r.spec: r for r in results}}
+        curve = []
+        for eps in eps_curve:
+            spec = main.at_eps(eps)
+            if spec not in known:
+                known[spec] = predict_points(model, x_all, y_all, spec, **kw)
+            curve.append((eps, (clean.correct & known[spec].correct).float().mean().item()))
+        checks = (run_sanity(model, x_all, y_all, main, {k: v for k, v in known.items() if k is None or
+                                                          k.name != "autoattack"},
+                             points=sanity_points, seed=seed, batch_size=batch_size, device=device,
+                             progress=progress) if sanity else [])
+    if num_classes is None:
+        num_classes = int(y_all.max()) + 1 if len(y_all) else 0
+    to_cpu = lambda r: replace(r, correct=r.correct.cpu(), loss=r.loss.cpu())  # noqa: E731
+    return EvalReport(points=len(y_all), total_points=total, num_classes=num_classes, seed=seed,
+                      batch_size=batch_size, clean=to_cpu(clean), attacks=[to_cpu(r) for r in results],
+                      eps_curve=curve, curve_spec=main if eps_curve else None, sanity=checks,
+                      sanity_points=min(sanity_points, len(y_all)) if sanity else 0,
+                      seconds=time.perf_counter() - t0)
+
+
+def plot_eps_curve(curve: Sequence[tuple[float, float]], path: str | Path, *, title: str, clean_acc: float | None = None,
+                   eps_mark: float | None = None) -> Path:
+    """Robust accuracy (%) against eps as a PNG; eps is shown as a fraction and in /255 units."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fastadv.checkpoint import atomic_write
+
+    eps = [e for e, _ in curve]
+    acc = [100 * a for _, a in curve]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ax.plot(eps, acc, marker="o", color="tab:blue", label="robust accuracy")
+    for e, a in zip(eps, acc):
+        ax.annotate(f"{a:.1f}", (e, a), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    if clean_acc is not None:
+        ax.axhline(100 * clean_acc, color="tab:green", linestyle="--", linewidth=1,
+                   label=f"clean {100 * clean_acc:.1f}%")
+    if eps_mark is not None:
+        k = eps_mark * 255  # name radii like 8/255 as such
+        name = f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and eps_mark < 1 else f"{eps_mark:.4g}"
+        ax.axvline(eps_mark, color="grey", linestyle=":", linewidth=1, label=f"eps = {name}")
+    ax.set_xlabel("eps (L-inf, pixels in [0,1])")
+    ax.set_ylabel("accuracy under attack (%)")
+    ax.set_ylim(-3, 110)
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    if eps and max(eps) <= 64 / 255:  # small radii read better in /255 units
+        secondary = ax.secondary_xaxis("top", functions=(lambda e: e * 255, lambda v: v / 255))
+        secondary.set_xlabel("eps x 255")
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path
+
+

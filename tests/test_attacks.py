@@ -89,7 +89,38 @@ def test_eps_zero_is_identity(trained):
 
 
 def test_registry_names():
-    assert set(ATTACKS) == {"fgsm", "pgd"}
+    assert set(ATTACKS) == {"fgsm", "pgd", "autoattack"}
+
+
+def test_attack_loop_makes_no_host_syncs(trained, monkeypatch):
+    """PGD with restarts and FGSM never pull a value to the host (.item(), .tolist(), bool(), .cpu(), .numpy())."""
+    model, x, y = trained
+    model.eval()
+
+    def forbidden(name):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"host sync in the attack loop: Tensor.{name}")
+        return fail
+
+    for name in ("item", "tolist", "__bool__", "cpu", "numpy", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden(name))
+    pgd(model, x, y, eps=EPS, alpha=EPS / 4, steps=3, restarts=2, generator=torch.Generator().manual_seed(0))
+    pgd(model, x, y, eps=EPS, alpha=EPS / 4, steps=3, loss="cw")
+    fgsm(model, x, y, eps=EPS)
+    monkeypatch.undo()
+
+
+def test_best_restart_is_kept_per_example(trained):
+    """With restarts, every example ends at least as bad for the model as under the first restart alone."""
+    model, x, y = trained
+    model.eval()
+    kw = dict(eps=EPS, alpha=EPS / 4, steps=2)
+    one = pgd(model, x, y, restarts=1, generator=torch.Generator().manual_seed(3), **kw)
+    four = pgd(model, x, y, restarts=4, generator=torch.Generator().manual_seed(3), **kw)
+    with torch.no_grad():
+        wrong_one = model(one).argmax(1) != y
+        wrong_four = model(four).argmax(1) != y
+    assert bool((wrong_four | ~wrong_one).all())  # whatever restart 1 broke stays broken
 
 
 @pytest.mark.slow
@@ -105,5 +136,31 @@ def test_pgd20_agrees_with_torchattacks(robust_mnist_run, mnist):
     theirs = torch.cat([(model(atk(x[i:i + 250], y[i:i + 250])).argmax(1) == y[i:i + 250])
                         for i in range(0, 1000, 250)]).float().mean().item()
     print(f"PGD-20 robust accuracy: fastadv {ours.robust_acc:.4f}, torchattacks {theirs:.4f}")
+    assert ours.robust_acc > 0.3, "the fixture model should be robust enough for the comparison to mean something"
+    assert abs(ours.robust_acc - theirs) <= 0.01
+
+
+AA_POINTS = 500
+
+
+@pytest.mark.slow
+def test_autoattack_agrees_with_torchattacks(robust_mnist_run, mnist):
+    """Standard AutoAttack through fastadv (pyautoattack) vs torchattacks.AutoAttack (standard): within 1 point.
+
+    Same 500 MNIST test points, eps=0.3, both the full standard set (APGD-CE, APGD-T, FAB-T, Square 5000).
+    """
+    pytest.importorskip("pyautoattack")
+    torchattacks = pytest.importorskip("torchattacks")
+    from fastadv.evaluation import AttackSpec, evaluate_suite
+
+    model = fastadv.load_model(robust_mnist_run.run_dir)
+    x, y = mnist.x_test[:AA_POINTS].float() / 255, mnist.y_test[:AA_POINTS]
+    ours = evaluate_suite(model, (x, y), [AttackSpec("autoattack", eps=0.3)], sanity=False, batch_size=AA_POINTS)
+    atk = torchattacks.AutoAttack(model, norm="Linf", eps=0.3, version="standard", n_classes=10, seed=0)
+    with torch.no_grad():
+        theirs = (model(atk(x, y)).argmax(1) == y) & (model(x).argmax(1) == y)
+    theirs = theirs.float().mean().item()
+    print(f"AutoAttack robust accuracy on {AA_POINTS} points: fastadv/pyautoattack {ours.robust_acc:.4f}, "
+          f"torchattacks {theirs:.4f} ({ours.attacks[0].seconds:.0f} s for ours)")
     assert ours.robust_acc > 0.3, "the fixture model should be robust enough for the comparison to mean something"
     assert abs(ours.robust_acc - theirs) <= 0.01
