@@ -289,7 +289,10 @@ def evaluate(model: nn.Module, data, *, limit: int = 0, **kwargs):
     clean, robust, closs, rloss, n = all_reduce_sum(sums).tolist()
     n_points = round(n)
     scale = 1.0 / max(n, 1.0)
-    return EvalResult(clean * scale, robust * scale, closs * scale, rloss * scale, n_points, part.attack)
+    verdicts = gather_objects(part.trusted)  # sanity checks (if asked for) ran on each rank's share
+    trusted = None if verdicts[0] is None else all(v is not False for v in verdicts)
+    return EvalResult(clean * scale, robust * scale, closs * scale, rloss * scale, n_points, part.attack,
+                      trusted, broadcast_object(part.sanity))
 
 
 def param_digest(model: nn.Module) -> str:

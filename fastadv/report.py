@@ -283,18 +283,39 @@ def plot_accuracy(groups, baseline, x_key: str, xlabel: str, path: Path, smoothi
     return path
 
 
-def plot_versus_baseline(groups, baseline, path: Path, smoothing: float) -> Path | None:
-    """One panel per config: its adversarial accuracy against the baseline's (the thesis' figure style)."""
+def small_multiples(n: int, height: float, **kw):
+    """A figure of ``n`` panels, at most 4 a row: (fig, axes as a 2-D array)."""
     import matplotlib.pyplot as plt
 
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    return plt.subplots(rows, cols, figsize=(3.6 * cols, height * rows), sharex=True, squeeze=False, **kw)
+
+
+def save_small_multiples(fig, axes, used: int, ylabel: str, path: Path) -> Path:
+    """Hide the unused panels, label the outer axes, write the PNG."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes.flat[used:]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("iterations")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_versus_baseline(groups, baseline, path: Path, smoothing: float) -> Path | None:
+    """One panel per config: its adversarial accuracy against the baseline's (the thesis' figure style)."""
     others = [g for g in groups if g.label != baseline]
     base = next((g for g in groups if g.label == baseline), None)
     if base is None or not others:
         return None
     colors = _colors(groups, baseline)
-    cols = min(4, len(others))
-    rows = math.ceil(len(others) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), sharex=True, sharey=True, squeeze=False)
+    fig, axes = small_multiples(len(others), 2.9, sharey=True)
     for ax, g in zip(axes.flat, others):
         for grp, kw in ((base, {"color": "black", "lw": 2.2}), (g, {"color": colors[g.label], "lw": 1.8})):
             for i, r in enumerate(grp.runs):
@@ -304,16 +325,7 @@ def plot_versus_baseline(groups, baseline, path: Path, smoothing: float) -> Path
         ax.set_title(g.label, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    for ax in axes.flat[len(others):]:
-        ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel("iterations")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("adversarial acc %")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_small_multiples(fig, axes, len(others), "adversarial acc %", path)
 
 
 def plot_losses(groups, baseline, path: Path, smoothing: float) -> Path:
@@ -352,12 +364,8 @@ def schedule_values(config: dict, points: int = 400) -> tuple[np.ndarray, np.nda
 
 
 def plot_schedules(groups, baseline, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
     colors = _colors(groups, baseline)
-    cols = min(4, len(groups))
-    rows = math.ceil(len(groups) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.7 * rows), sharex=True, squeeze=False)
+    fig, axes = small_multiples(len(groups), 2.7)
     lr_top = max(float(g.runs[0].config["lr_max"]) for g in groups) * 1.08
     for ax, g in zip(axes.flat, groups):
         run = g.runs[0]
@@ -371,18 +379,9 @@ def plot_schedules(groups, baseline, path: Path) -> Path:
         twin.plot(steps, mom, color="tab:gray", lw=1.2, ls="--")
         twin.set_ylim(0.8, 1.0)
         twin.tick_params(labelsize=7, colors="tab:gray")
-    for ax in axes.flat[len(groups):]:
-        ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel("iterations")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("learning rate")
     fig.suptitle("LR (solid; dots: logged values) and momentum (dashed, right axis), from each run's config.json",
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_small_multiples(fig, axes, len(groups), "learning rate", path)
 
 
 # ----------------------------------------------------------------------------- documents

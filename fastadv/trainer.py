@@ -636,7 +636,7 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
                        restarts=cfg.final_restarts)
     t_eval = time.perf_counter()
     result = distributed.evaluate(model, data, attack=final, limit=cfg.final_limit,
-                                  batch_size=cfg.eval_batch_size, seed=cfg.seed)
+                                  batch_size=cfg.eval_batch_size, seed=cfg.seed, sanity=True)
     n_train = len(data.y_train)
     summary = {
         "name": run_dir.name, "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method,
@@ -644,6 +644,7 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
         "clean_acc": result.clean_acc, "robust_acc": result.robust_acc,
         "clean_loss": result.clean_loss, "robust_loss": result.robust_loss,
         "attack": result.attack, "attack_params": final.to_dict(), "eval_points": result.points,
+        "trusted": result.trusted, "sanity": [c.to_dict() for c in result.sanity],  # fastadv.sanity checks
         "eps": eps, "train_seconds": loop.train_seconds, "eval_seconds": time.perf_counter() - t_eval,
         "checkpoint_seconds": loop.checkpoint_seconds,
         "steps": ctx.iteration, "epochs": loop.mb_done / per_epoch,

@@ -29,3 +29,25 @@ def robust_mnist_run(mnist, tmp_path_factory):
     cfg = {**DEMO_CONFIG, "epochs": 3, "train_limit": 20000, "final_limit": 1000, "name": "robust-fixture",
            "out_dir": str(tmp_path_factory.mktemp("runs")), "progress": False, "seed": 0}
     return fastadv.train(cfg, data=mnist)
+
+
+@pytest.fixture(scope="session")
+def briefly_trained(synthetic):
+    """``n -> model``: a small-cnn trained with SGD on the first n synthetic images (batches of 64;
+    not robust), in eval mode; the same n gives the same weights."""
+    import torch
+    import torch.nn.functional as F
+
+    def train(n: int):
+        torch.manual_seed(0)
+        model = fastadv.build_model("small-cnn", channels=1, size=16, mean=synthetic.mean, std=synthetic.std)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        x = synthetic.x_train.float() / 255
+        for i in range(0, n, 64):
+            loss = F.cross_entropy(model(x[i:i + 64]), synthetic.y_train[i:i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return model.eval()
+
+    return train

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 
 import fastadv
 from fastadv.attacks import ATTACKS, fgsm, pgd
-from fastadv.models import build_model
 
 EPS = 0.1
 ATTACK_KWARGS = {
@@ -25,17 +24,9 @@ def run(name, model, x, y):
 
 
 @pytest.fixture(scope="module")
-def trained(synthetic):
+def trained(synthetic, briefly_trained):
     """A small-cnn trained for a few steps on the synthetic set, plus a test batch."""
-    torch.manual_seed(0)
-    model = build_model("small-cnn", channels=1, size=16, mean=synthetic.mean, std=synthetic.std)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    x = synthetic.x_train.float() / 255
-    for i in range(0, 2048, 64):
-        loss = F.cross_entropy(model(x[i:i + 64]), synthetic.y_train[i:i + 64])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model = briefly_trained(2048)
     xt = synthetic.x_test[:128].float() / 255
     # include pixels at 0 and 1 so the [0,1] box constraint is exercised
     xt[:, :, :2] = 0.0

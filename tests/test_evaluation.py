@@ -7,28 +7,16 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-import fastadv
 from fastadv.cli import main
 from fastadv.evaluation import PRESETS, AttackSpec, EvalReport, evaluate, evaluate_suite
-from fastadv.models import build_model
 from fastadv.sanity import CheckResult
 
 
 @pytest.fixture(scope="module")
-def small(synthetic):
+def small(synthetic, briefly_trained):
     """A small-cnn trained a few steps on the synthetic set (not robust), and 96 test points."""
-    torch.manual_seed(0)
-    model = build_model("small-cnn", channels=1, size=16, mean=synthetic.mean, std=synthetic.std)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    x = synthetic.x_train.float() / 255
-    for i in range(0, 1024, 64):
-        loss = F.cross_entropy(model(x[i:i + 64]), synthetic.y_train[i:i + 64])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), (synthetic.x_test[:96], synthetic.y_test[:96])
+    return briefly_trained(1024), (synthetic.x_test[:96], synthetic.y_test[:96])
 
 
 def test_worst_case_is_per_example_and_per_class_adds_up(small):

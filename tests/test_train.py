@@ -26,6 +26,11 @@ def test_run_directory_contract(method, tmp_path):
                 "grad_computations", "status", "events", "co_guard"):
         assert key in summary
     assert summary["status"] == "completed" and summary["co_guard"] == (method in ("free", "fgsm-rs"))
+    # the final number comes with the sanity checks of fastadv.sanity and their verdict
+    from fastadv.sanity import CHECKS
+
+    assert {c["name"] for c in summary["sanity"]} == set(CHECKS)
+    assert summary["trusted"] == all(c["passed"] is not False for c in summary["sanity"])
     checkpoints = sorted(p.name for p in (run / "checkpoints").glob("step-*.pt"))
     assert checkpoints and checkpoints[-1] == f"step-{summary['steps']:09d}.pt"  # the last check is saved
     assert summary["attack"].startswith("PGD-5 (1 restart, eps=0.1")

@@ -62,7 +62,11 @@ def table(rows) -> str:
 def print_summary(summary: dict, run_dir: Path, label: str = "") -> None:
     print(f"\n{label}{summary['dataset']} / {summary['model']} / {summary['method']}: "
           f"{summary['steps']} steps, {summary['train_seconds']:.1f} s of training")
+    failed = [c for c in summary.get("sanity", []) if c["passed"] is False]
+    flag = "  NOT TRUSTED: a sanity check failed (below)" if failed else ""
     print(table([("clean accuracy", f"{100 * summary['clean_acc']:.2f}%"),
-                 ("robust accuracy", f"{100 * summary['robust_acc']:.2f}%"),
+                 ("robust accuracy", f"{100 * summary['robust_acc']:.2f}%{flag}"),
                  ("attack", f"{summary['attack']} on {summary['eval_points']} test points")]))
+    for c in failed:
+        print(f"  sanity [{c['name']}] FAILED: {c['detail']} -- {c['explanation']}")
     print(f"run directory: {run_dir}")

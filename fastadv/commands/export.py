@@ -3,7 +3,7 @@ from __future__ import annotations
 
 NAME = "export"
 HELP = "export a run's model for RobustBench / AutoAttack (.pt state_dict) or as .safetensors"
-ORDER = 30
+ORDER = 25
 
 
 def configure(parser) -> None:

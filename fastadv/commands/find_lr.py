@@ -7,7 +7,7 @@ from fastadv.commands._util import add_config_flags, config_from_args, number_fl
 
 NAME = "find-lr"
 HELP = "LR range test under a training method: suggests lr_max, plots loss vs LR"
-ORDER = 30
+ORDER = 40
 
 
 def add_finder_flags(parser) -> None:

@@ -8,7 +8,7 @@ from fastadv.commands.find_lr import add_finder_flags, finder_args
 
 NAME = "find-wd"
 HELP = "weight-decay finder: an LR range test per decay; picks the one allowing the highest LR"
-ORDER = 31
+ORDER = 41
 
 
 def configure(parser) -> None:

@@ -7,7 +7,7 @@ from fastadv.commands._util import add_config_flags, table
 
 NAME = "grid"
 HELP = "train every config x seed into one folder; rerun to finish an interrupted grid"
-ORDER = 30
+ORDER = 50
 
 
 def configure(parser) -> None:

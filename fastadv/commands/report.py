@@ -5,7 +5,7 @@ from fastadv.commands._util import number_flag
 
 NAME = "report"
 HELP = "plots and a summary table (HTML, Markdown, PNG) from run directories"
-ORDER = 40
+ORDER = 60
 
 
 def configure(parser) -> None:

@@ -7,7 +7,7 @@ from fastadv.config import ConfigError
 
 NAME = "schedule"
 HELP = "print (CSV) or plot an LR/momentum schedule; --list names every shape"
-ORDER = 40
+ORDER = 30
 
 # The gallery: one panel per shape (and the variants the thesis plots), like its Figures 46-55.
 # (title, LR spec, momentum spec or None); lr_max 0.1 throughout, T = 1000 steps.
