@@ -40,6 +40,17 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+def read_json_object(path: Path) -> dict:
+    """A JSON object from a run's file (config.json, summary.json); one-line CheckpointError otherwise."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"cannot read {path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
 
@@ -88,7 +99,7 @@ def read_arch(path: Path) -> tuple[dict, Path]:
             return json.loads(meta["fastadv_arch"]), path
     config = path.parent / "config.json"
     if config.is_file():
-        resolved = json.loads(config.read_text())
+        resolved = read_json_object(config)
         if "arch" in resolved:
             return resolved["arch"], path
     raise CheckpointError(f"{path} does not say which model it holds: pass a run directory, a fastadv "

@@ -40,6 +40,17 @@ def test_eval_of_garbage_weights_is_one_line(tmp_path, capsys):
     assert "cannot read weights" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("text,message", [("{not json", "Expecting property name"),
+                                          ("[1, 2]", "expected a JSON object, got list")])
+def test_eval_of_a_run_with_a_corrupt_config_is_one_line(tmp_path, capsys, text, message):
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    (tmp_path / "config.json").write_text(text)
+    for target in (tmp_path, tmp_path / "model.pt"):
+        assert main(["eval", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot read {tmp_path / 'config.json'}: {message}" in err and err.count("\n") == 1
+
+
 def test_config_coercion_and_fractions():
     cfg = TrainConfig.from_dict({"eps": "8/255", "epochs": "2", "nesterov": "true", "alpha": None})
     assert cfg.eps == pytest.approx(8 / 255) and cfg.epochs == 2.0 and cfg.nesterov is True

@@ -117,7 +117,7 @@ def attack_specs(args, eps: float, alpha: float | None) -> list:
 def run(args) -> int:
     import torch
 
-    from fastadv.checkpoint import load_model, read_arch, write_json
+    from fastadv.checkpoint import load_model, read_arch, read_json_object, write_json
     from fastadv.data import load_dataset
     from fastadv.evaluation import evaluate_suite, plot_eps_curve
     from fastadv.trainer import resolve_device
@@ -129,7 +129,7 @@ def run(args) -> int:
     model = load_model(path, device=device)
     run_dir = path if path.is_dir() else path.parent
     run_config = run_dir / "config.json"
-    run_cfg = json.loads(run_config.read_text()) if run_config.is_file() else {}
+    run_cfg = read_json_object(run_config) if run_config.is_file() else {}
     eps = flags["eps"] if flags["eps"] is not None else run_cfg.get("eps")
     if eps is None:
         raise ConfigError("--eps is required when the weights come without their run's config.json")
