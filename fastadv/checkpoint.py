@@ -5,6 +5,8 @@ and ``model.pt``, a plain ``state_dict`` that loads with ``torch.load(weights_on
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tempfile
@@ -14,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastadv.errors import UserError
+from fastadv.errors import UserError, first_line
 from fastadv.models import build_model
 
 ARCH_KEYS = ("model", "num_classes", "channels", "size", "mean", "std", "depth", "width", "dataset")
@@ -24,8 +26,12 @@ class CheckpointError(UserError, RuntimeError):
     """A weights file or run directory that cannot be loaded; one line for the user."""
 
 
-def atomic_write(path: Path, write) -> None:
-    """Write via ``write(tmp_path)`` to a temporary file in the same folder, fsync, rename."""
+def atomic_write(path: Path, write, *, before_rename=None) -> None:
+    """Write via ``write(tmp_path)`` to a temporary file in the same folder, fsync, rename, fsync the folder.
+
+    A reader sees the old file or the new one, never part of one. ``before_rename()`` runs
+    once the temporary file is complete (the checkpoint writer's test hook).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -34,10 +40,13 @@ def atomic_write(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    fsync_dir(path.parent)
 
 
 def read_json_object(path: Path) -> dict:
@@ -45,7 +54,7 @@ def read_json_object(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot read {path}: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"cannot read {path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -94,7 +103,7 @@ def read_arch(path: Path) -> tuple[dict, Path]:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
         except Exception as exc:
-            raise CheckpointError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+            raise CheckpointError(f"cannot read {path}: {first_line(exc)}") from None
         if "fastadv_arch" in meta:
             return json.loads(meta["fastadv_arch"]), path
     config = path.parent / "config.json"
@@ -114,7 +123,7 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read weights from {path}: {str(exc).splitlines()[0][:200]}") from None
+        raise CheckpointError(f"cannot read weights from {path}: {first_line(exc)[:200]}") from None
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
@@ -163,23 +172,6 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: Path, data: bytes, *, kill_hook: bool = False) -> None:
-    """Temporary file in the same folder, flush + fsync, rename over ``path``, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if kill_hook:
-            _maybe_kill()
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fsync_dir(path.parent)
-
-
 def _maybe_kill() -> None:
     """The KILL_HOOK test hook: die like a SIGKILL'd run in the middle of a checkpoint write."""
     global _writes
@@ -196,18 +188,15 @@ def write_checkpoint(run_dir: Path, step: int, state: dict, *, keep: tuple[str, 
     Returns (path, bytes written). Older checkpoints are removed only once the new one is
     complete. ``state`` holds tensors (any device: saved on the CPU) and plain values.
     """
-    import hashlib
-    import io
-
     folder = Path(run_dir) / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(to_cpu(state), buffer)
     data = buffer.getvalue()
     path = folder / checkpoint_name(step)
-    write_bytes_atomic(path, data, kill_hook=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), before_rename=_maybe_kill)
     digest = hashlib.sha256(data).hexdigest()
-    write_bytes_atomic(folder / f"{path.name}.sha256", f"{digest}  {path.name}\n".encode())
+    atomic_write(folder / f"{path.name}.sha256", lambda tmp: Path(tmp).write_text(f"{digest}  {path.name}\n"))
     prune_checkpoints(folder, keep=(path.name, *keep))
     return path, len(data)
 
@@ -243,8 +232,6 @@ def remove_checkpoint(path: Path) -> None:
 
 def checkpoint_problem(path: Path) -> str | None:
     """Why the checkpoint at ``path`` cannot be used, or None when its sha256 matches."""
-    import hashlib
-
     sidecar = Path(f"{path}.sha256")
     if not sidecar.is_file():
         return "incomplete (no .sha256 beside it: the run stopped while writing it)"
@@ -282,4 +269,4 @@ def read_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged zip or a pickled object weights_only refuses
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {first_line(exc)[:200]}") from None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from fastadv.errors import UserError
+from fastadv.errors import UserError, first_line
 
 
 class ConfigError(UserError, ValueError):
@@ -160,8 +160,7 @@ class TrainConfig:
             (self.co_remedy in ("stop", "alpha", "lr"),
              f"co_remedy must be one of stop, alpha, lr, got {self.co_remedy!r}"),
             (0.0 < self.co_factor < 1.0, f"co_factor must be in (0, 1), got {self.co_factor}"),
-            (self.precision in ("fp32", "bf16", "fp16", "auto"),
-             f"precision must be one of fp32, bf16, fp16, auto, got {self.precision!r}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -169,6 +168,7 @@ class TrainConfig:
         return self
 
 
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # fastadv.precision: autocast dtypes, auto = by device
 INT_MIN, INT_MAX = -2**63, 2**63 - 1  # what torch and NumPy accept as an integer argument
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number (e.g. 0.3 or 8/255)", str: "a string"}
@@ -276,7 +276,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:  # tomllib.TOMLDecodeError is a ValueError
-        raise ConfigError(f"cannot parse config file {path}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"cannot parse config file {path}: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a table of key = value pairs, "
                           f"not a {type(data).__name__}")
@@ -331,7 +331,7 @@ def check_schedules(cfg: TrainConfig) -> None:
         try:
             values = [fn(step) for step in range(SCHEDULE_SAMPLES + 1)]
         except (TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:
-            raise ConfigError(f"{field} {spec!r} cannot be evaluated: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(f"{field} {spec!r} cannot be evaluated: {first_line(exc)}") from None
         bad = next((v for v in values if not math.isfinite(v)), None)
         if bad is not None:
             raise ConfigError(f"{field} {spec!r} gives a non-finite value ({bad})")
@@ -383,10 +383,6 @@ def check_model_args(cfg: TrainConfig, data=None) -> None:
     except (ValueError, RuntimeError, TypeError) as exc:
         where = f" for {data.name}'s {channels}x{size}x{size} images" if data is not None else ""
         raise ConfigError(f"model {cfg.model!r} cannot be built{where}: {first_line(exc)}") from None
-
-
-def first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 # Each dataset's standard threat model, used when eps is not given.

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from fastadv.errors import UserError
+from fastadv.errors import UserError, first_line
 
 
 class DataError(UserError, RuntimeError):
@@ -183,10 +183,6 @@ def torchvision_loader(name: str, tv_class: str, layout: str):
         raise DataError(f"dataset {name!r} not found: {looked}")
 
     return load
-
-
-def first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def read_torchvision(tv_class: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:

@@ -8,3 +8,9 @@ is a bug. Each module defines its own subclass (``ConfigError``, ``DataError``,
 
 class UserError(Exception):
     """Bad input from the user (config, flag, file, checkpoint); the message is one line."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first non-empty line (its type's name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

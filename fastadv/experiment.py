@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from fastadv.config import ConfigError, TrainConfig
+from fastadv.errors import first_line
 from fastadv.schedules import parse_spec
 
 # D: dataset code. The thesis only had CIFAR-10 (10) and CIFAR-100 (100).
@@ -244,7 +245,7 @@ def run_grid(runs: list[GridRun], *, progress: bool = True,
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - one failed run must not stop the grid
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            message = first_line(exc)
             outcome.failed.append((run.name, f"{type(exc).__name__}: {message}"))
             say(f"FAILED {run.name}: {type(exc).__name__}: {message}")
             if not isinstance(exc, (ConfigError, RuntimeError)):

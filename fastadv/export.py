@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from fastadv.checkpoint import CheckpointError, atomic_write, load_model, read_arch, write_json
+from fastadv.errors import first_line
 
 BUILD_KEYS = ("num_classes", "channels", "size", "depth", "width")  # build_model arguments that shape the net
 
@@ -130,7 +131,7 @@ def verify(loaded: dict, arch: dict, state: dict, out: Path) -> None:
     try:
         fresh.load_state_dict(loaded)
     except RuntimeError as exc:
-        raise ExportError(f"{out} does not load back into {arch['model']}: {str(exc).splitlines()[0]}") from None
+        raise ExportError(f"{out} does not load back into {arch['model']}: {first_line(exc)}") from None
     same = set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
     if not same:
         raise ExportError(f"{out} does not hold the same tensors as the run's model")

@@ -27,6 +27,7 @@ from typing import Iterable
 import torch
 
 from fastadv.config import ConfigError, TrainConfig, resolve_eps
+from fastadv.schedules import interp
 
 DEFAULT_WEIGHT_DECAYS = (1e-3, 5e-4, 2e-4, 1e-4, 0.0)
 
@@ -168,12 +169,11 @@ def lr_range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 # ----------------------------------------------------------------------------- from a config
 def endless_batches(data, cfg: TrainConfig, seed: int):
     """Minibatches of the training split, epoch after epoch, in a seeded order."""
-    from fastadv.data import batches
+    from fastadv.data import BatchStream
 
-    gen = torch.Generator().manual_seed(seed)
     augment = data.augment if cfg.augment is None else cfg.augment
-    while True:
-        yield from batches(data.x_train, data.y_train, cfg.batch_size, generator=gen, augment=augment)
+    return BatchStream(data.x_train, data.y_train, cfg.batch_size, generator=torch.Generator().manual_seed(seed),
+                       augment=augment)
 
 
 def range_test_for_config(cfg: TrainConfig, data=None, *, start_lr: float = 1e-5, end_lr: float = 10.0,
@@ -183,7 +183,6 @@ def range_test_for_config(cfg: TrainConfig, data=None, *, start_lr: float = 1e-5
     so a run that calls this first draws the same numbers as one given the LR directly."""
     from fastadv.checkpoint import arch_of, model_from_arch
     from fastadv.data import load_dataset
-    from fastadv.methods import METHODS
     from fastadv.precision import make_precision
     from fastadv.trainer import check_names, make_optimizer, resolve_device
 
@@ -200,9 +199,8 @@ def range_test_for_config(cfg: TrainConfig, data=None, *, start_lr: float = 1e-5
         model = model_from_arch(arch_of(cfg, data)).to(device)
         optimizer = make_optimizer(cfg.replace(lr_max=start_lr), model)
         generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        alpha = cfg.alpha if cfg.alpha is not None else METHODS[cfg.method].default_alpha(eps, cfg.attack_steps)
         result = lr_range_test(model, optimizer, endless_batches(data, cfg, cfg.seed), method=cfg.method, eps=eps,
-                               alpha=alpha, replays=cfg.replays, attack_steps=cfg.attack_steps, start_lr=start_lr,
+                               alpha=cfg.alpha, replays=cfg.replays, attack_steps=cfg.attack_steps, start_lr=start_lr,
                                end_lr=end_lr, num_steps=num_steps, beta=beta, diverge=diverge, generator=generator,
                                precision=make_precision(cfg.precision, device))
     result.settings.update({"dataset": cfg.dataset, "model": cfg.model, "optimizer": cfg.optimizer,
@@ -272,7 +270,7 @@ def plot_range_tests(tests: dict[str, RangeTest], path: str, title: str) -> None
             ax.plot(t.lrs, t.losses, color="0.6", lw=0.8, label="loss per minibatch")
         ax.plot(t.lrs, t.smoothed, color=color, lw=2, label=label or f"smoothed (EMA beta={t.settings['beta']})")
         for lr, marker, name in ((t.suggestion, "o", "min/10"), (t.steepest_lr, "^", "steepest")):
-            y = interp_log(t.lrs, t.smoothed, lr)
+            y = interp(math.log10(lr), list(zip(map(math.log10, t.lrs), t.smoothed)))
             ax.plot([lr], [y], marker=marker, color=color, ms=9, ls="none",
                     label=f"{name}: {lr:.3g}" if single else None)
             if single:
@@ -293,15 +291,3 @@ def plot_range_tests(tests: dict[str, RangeTest], path: str, title: str) -> None
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def interp_log(lrs: list[float], values: list[float], lr: float) -> float:
-    """values linearly interpolated at lr on a log10 LR axis (clamped to the ends)."""
-    logs = [math.log10(v) for v in lrs]
-    x = math.log10(lr)
-    if x <= logs[0]:
-        return values[0]
-    for (x0, y0), (x1, y1) in zip(zip(logs, values), zip(logs[1:], values[1:])):
-        if x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
-    return values[-1]

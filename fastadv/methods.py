@@ -45,9 +45,8 @@ class StepContext:
         """PGD-``steps`` (from a random start, or from x) at the current eps and alpha, under the step's autocast.
 
         Runs on the plain module inside a DDP wrapper: input gradients only, no gradient all-reduce.
+        At eps 0 (the start of an eps ramp) ``pgd`` returns x without drawing random numbers.
         """
-        if self.eps == 0 or steps == 0:  # start of an eps ramp: nothing to attack
-            return x
         with self.precision.autocast():
             return pgd(unwrap(self.model), x, y, eps=self.eps, alpha=self.alpha, steps=steps,
                        random_start=random_start, generator=self.generator)

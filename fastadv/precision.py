@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastadv.config import ConfigError
+from fastadv.config import PRECISIONS, ConfigError
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -50,8 +50,8 @@ def resolve_mode(mode: str, device: torch.device) -> str:
 
 def make_precision(mode: str, device: torch.device) -> Precision:
     """The Precision for a config's ``precision`` field on ``device``."""
-    if mode not in (*DTYPES, "auto"):
-        raise ConfigError(f"precision must be one of {', '.join([*DTYPES, 'auto'])}, got {mode!r}")
+    if mode not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {mode!r}")
     mode = resolve_mode(mode, device)
     scaler = torch.amp.GradScaler(device.type) if mode == "fp16" and device.type == "cuda" else None
     return Precision(mode, device.type, scaler)

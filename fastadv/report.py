@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastadv.errors import UserError
+from fastadv.errors import UserError, first_line
 from fastadv.experiment import strip_seed
 
 CURVE_FIELDS = ("step", "seconds", "lr", "momentum", "train_loss", "train_acc", "clean_loss", "clean_acc",
@@ -107,7 +107,7 @@ def load_runs(paths) -> tuple[list[Run], list[Path]]:
             summary = json.loads((d / "summary.json").read_text())
             config = json.loads((d / "config.json").read_text())
         except ValueError as exc:
-            raise ReportError(f"{d}: unreadable JSON ({str(exc).splitlines()[0]})") from None
+            raise ReportError(f"{d}: unreadable JSON ({first_line(exc)})") from None
         curves = read_metrics(d / "metrics.csv")
         if len(curves["step"]) == 0:
             unfinished.append(d)
@@ -140,13 +140,11 @@ def pick_baseline(groups: list[Group], requested: str | None) -> str | None:
 
 # ----------------------------------------------------------------------------- numbers
 def ema(values: np.ndarray, weight: float) -> np.ndarray:
-    """TensorBoard-style debiased exponential moving average (weight in [0, 1); 0 = raw)."""
-    out, last, norm = np.empty_like(values), 0.0, 0.0
-    for i, v in enumerate(values):
-        last = weight * last + (1 - weight) * v
-        norm = weight * norm + (1 - weight)
-        out[i] = last / norm
-    return out
+    """TensorBoard-style debiased exponential moving average (weight in [0, 1); 0 = raw): the LR
+    range test's smoothing (``fastadv.finder.smooth``) on an array."""
+    from fastadv.finder import smooth
+
+    return np.asarray(smooth([float(v) for v in values], weight))
 
 
 def first_reaching(values: np.ndarray, target: float) -> int | None:

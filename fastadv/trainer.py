@@ -29,10 +29,11 @@ from torch import nn
 
 from fastadv import distributed, perf, schedules
 from fastadv.checkpoint import (CHECKPOINT_DIR, CheckpointError, arch_of, atomic_write, checkpoint_name,
-                                latest_checkpoint, model_from_arch, read_checkpoint, save_weights, write_checkpoint,
-                                write_json)
+                                latest_checkpoint, model_from_arch, read_checkpoint, read_json_object, save_weights,
+                                write_checkpoint, write_json)
 from fastadv.config import ConfigError, TrainConfig, check_config, check_model_args, resolve_eps
 from fastadv.data import BatchStream, Dataset, batches_per_epoch, load_dataset
+from fastadv.errors import first_line
 from fastadv.evaluation import AttackSpec
 from fastadv.methods import METHODS, StepContext
 from fastadv.precision import make_precision
@@ -90,7 +91,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_name(cfg: TrainConfig, eps: float | None = None) -> str:
+def run_name(cfg: TrainConfig) -> str:
     """The default run directory name: the thesis' D_F2_E_M code (see fastadv.experiment)."""
     from fastadv.experiment import thesis_name
 
@@ -278,10 +279,9 @@ class LoopState:
 def run_config(run_dir: Path) -> TrainConfig:
     """The config a run directory was trained with (its config.json, values as resolved)."""
     try:
-        resolved = json.loads((Path(run_dir) / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{run_dir} is not a readable fastadv run directory "
-                              f"(config.json: {str(exc).splitlines()[0]})") from None
+        resolved = read_json_object(Path(run_dir) / "config.json")
+    except CheckpointError as exc:
+        raise CheckpointError(f"{run_dir} is not a readable fastadv run directory ({exc})") from None
     return TrainConfig.from_dict({f.name: resolved[f.name] for f in fields(TrainConfig) if f.name in resolved})
 
 
@@ -363,7 +363,7 @@ def restore_weights(ckpt: dict, ctx: StepContext, name: str) -> None:
         plain_module(ctx.model).load_state_dict(ckpt["model"])
         ctx.optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint {name} does not fit this model: {str(exc).splitlines()[0][:200]}") from None
+        raise CheckpointError(f"checkpoint {name} does not fit this model: {first_line(exc)[:200]}") from None
     if ctx.precision.scaler is not None and ckpt["scaler"] is not None:
         ctx.precision.scaler.load_state_dict(ckpt["scaler"])
     device = next(ctx.model.parameters()).device
@@ -525,7 +525,8 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
     arch = arch_of(cfg, data)
     model = model_from_arch(arch).to(device)
     speed = {**perf.configure_backends(device), "channels_last": cfg.channels_last, "compile": cfg.compile}
-    train_model = perf.prepare_model(model, channels_last=cfg.channels_last, compile=cfg.compile)  # shares model's weights
+    # the module trained with (channels_last / compiled); it shares model's weights
+    train_model = perf.prepare_model(model, channels_last=cfg.channels_last, compile=cfg.compile)
     optimizer = make_optimizer(cfg, model)
     generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(cfg.seed + 1))  # random starts
     data_gen = torch.Generator().manual_seed(cfg.seed)  # data order and augmentation
@@ -543,7 +544,7 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
                     "data_source": data.source, "train_size": len(data.y_train), "arch": arch,
                     "speed": speed, "versions": versions(), "world_size": distributed.world_size(),
                     **({"lr_finder": lr_finder} if lr_finder else {})}
-        run_dir = distributed.from_main(lambda: new_run_dir(cfg.out_dir, cfg.name or run_name(cfg, eps), resolved))
+        run_dir = distributed.from_main(lambda: new_run_dir(cfg.out_dir, cfg.name or run_name(cfg), resolved))
         cfg = run_config(run_dir)  # as resolved, exactly what a resume reads back
     else:
         run_dir = Path(resume)
@@ -620,11 +621,12 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
                 t0 = last_save_time = time.perf_counter()
     except TrainingDiverged as exc:
         loop.events.append({"event": "diverged", "step": ctx.iteration, "message": str(exc)})
-        distributed.is_main() and write_json(run_dir / "summary.json", {
-            "name": run_dir.name, "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method,
-            "status": "diverged", "message": str(exc), "clean_acc": None, "robust_acc": None,
-            "steps": ctx.iteration, "train_seconds": loop.train_seconds, "last_checkpoint": last_saved,
-            "events": loop.events, "seed": cfg.seed, "device": str(device)})
+        if distributed.is_main():
+            write_json(run_dir / "summary.json", {
+                "name": run_dir.name, "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method,
+                "status": "diverged", "message": str(exc), "clean_acc": None, "robust_acc": None,
+                "steps": ctx.iteration, "train_seconds": loop.train_seconds, "last_checkpoint": last_saved,
+                "events": loop.events, "seed": cfg.seed, "device": str(device)})
         raise
     finally:
         log.close()

@@ -38,7 +38,6 @@ def resume_overrides(args) -> dict:
 
 
 def run(args) -> int:
-    from fastadv.config import resolve_eps
     from fastadv.distributed import is_main
     from fastadv.trainer import check_names, resolve_device, resume_config, run_name, train
 
@@ -48,7 +47,7 @@ def run(args) -> int:
         cfg = config_from_args(args)
     check_names(cfg)
     if args.dry_run:
-        print(json.dumps({"name": cfg.name or run_name(cfg, resolve_eps(cfg)), "config": cfg.to_dict()}, indent=2))
+        print(json.dumps({"name": cfg.name or run_name(cfg), "config": cfg.to_dict()}, indent=2))
         return 0
     resolve_device(cfg.device)
     result = train(cfg, resume=args.resume)
