@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -74,7 +75,7 @@ def input_gradient(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor,
 
 def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float,
         steps: int, restarts: int = 1, random_start: bool = True, loss: str = "ce",
-        generator: torch.Generator | None = None) -> torch.Tensor:
+        generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
     """Projected gradient descent (L-inf), returning x_adv (same shape as x, N x C x H x W).
 
     Every example takes all ``steps`` signed-gradient steps of size ``alpha`` (no early
@@ -119,6 +120,25 @@ def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
                random_start=random_start, loss=loss, generator=generator)
 
 
+def n_fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float | None = None,
+           noise: float = 2.0, generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
+    """N-FGSM's training input (de Jorge et al. 2022): x + eta + alpha * sign(grad), clipped to [0,1] only.
+
+    eta ~ U[-noise * eps, noise * eps] per pixel (the paper: noise 2, alpha = eps); the gradient
+    of the CE loss is taken at clip(x + eta, 0, 1). There is no projection back to the eps-ball:
+    ``|x_adv - x| <= noise * eps + alpha`` and ``x_adv in [0,1]``. This is a training augmentation,
+    not an attack for evaluating robustness at radius eps (hence not in ``ATTACKS``). At
+    ``eps = 0`` it returns x clipped to [0,1] without drawing random numbers.
+    """
+    alpha = eps if alpha is None else alpha
+    if eps == 0:
+        return x.detach().clamp(0.0, 1.0)
+    u = torch.rand(x.shape, generator=generator, device=x.device if generator is None else generator.device)
+    start = (x + (u.to(x.device, x.dtype) * 2 - 1) * (noise * eps)).clamp(0.0, 1.0)
+    grad, _, _ = input_gradient(model, start, torch.zeros_like(x), y, ce_loss)
+    return (start + alpha * grad.sign()).clamp(0.0, 1.0).detach()
+
+
 # ----------------------------------------------------------------------------- AutoAttack
 AUTOATTACK_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")  # the standard version's attacks, in order
 
@@ -161,6 +181,11 @@ def autoattack_progress(log: Callable[[str], None] | None) -> Iterator[None]:
         logger.propagate = old_propagate
 
 
+def outside_seed(generator: torch.Generator | None) -> int:
+    """A seed for a pyautoattack attack, drawn from ``generator`` (so one evaluation seed gives one result)."""
+    return int(torch.randint(2**31 - 1, (1,), generator=generator, device=_gen_device(generator)))
+
+
 def autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                generator: torch.Generator | None = None, version: str = "standard",
                log: Callable[[str], None] | None = None, **_: object) -> torch.Tensor:
@@ -170,16 +195,109 @@ def autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps:
     the seed of its random starts is drawn from ``generator``. ``log`` receives its progress.
     """
     pyautoattack = require_pyautoattack()
-    seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=_gen_device(generator)))
-    with autoattack_progress(log):
+    seed = outside_seed(generator)
+    with autoattack_progress(log), keep_global_rng(x.device):
         adversary = pyautoattack.AutoAttack(model, eps=eps, norm="Linf", version=version, seed=seed,
                                             device=x.device)
         x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(x))
     return x_adv.detach()
 
 
+@contextmanager
+def keep_global_rng(device: torch.device) -> Iterator[None]:
+    """pyautoattack reseeds torch's global generators; restore them after, so training RNG streams stay put."""
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+def apgd_ce(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 100,
+            restarts: int = 1, generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
+    """APGD with the cross-entropy loss (Croce & Hein 2020), ``pyautoattack``'s implementation: x_adv.
+
+    ``steps`` iterations (AutoAttack standard: 100) and ``restarts`` (standard: 1). Points the
+    model misclassifies are returned unchanged; a point the attack breaks gets its adversarial image.
+    """
+    pyautoattack = require_pyautoattack()
+    with keep_global_rng(x.device):
+        attack = pyautoattack.autopgd_base.APGDAttack(model, n_iter=steps, norm="Linf", n_restarts=restarts, eps=eps,
+                                                      seed=outside_seed(generator), loss="ce", device=x.device)
+        return attack.perturb(x, y).detach()
+
+
+def apgd_t(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 100,
+           restarts: int = 1, targets: int = 9, generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
+    """Targeted APGD on the DLR loss against the ``targets`` most likely wrong classes (``pyautoattack``): x_adv.
+
+    AutoAttack standard uses 9 targets (every other CIFAR-10 class) and 100 iterations; the run
+    costs about ``targets * steps`` forward-backward passes per robust point. Needs >= 4 classes.
+    """
+    pyautoattack = require_pyautoattack()
+    with keep_global_rng(x.device):
+        with torch.no_grad():
+            classes = model(x[:1]).shape[1]
+        attack = pyautoattack.autopgd_base.APGDAttack_targeted(
+            model, n_iter=steps, norm="Linf", n_restarts=restarts, eps=eps, seed=outside_seed(generator),
+            n_target_classes=max(1, min(targets, classes - 1)), device=x.device)
+        return attack.perturb(x, y).detach()
+
+
 def _gen_device(generator: torch.Generator | None) -> torch.device | str:
     return generator.device if generator is not None else "cpu"
 
 
-ATTACKS = {"pgd": pgd, "fgsm": fgsm, "autoattack": autoattack}
+# ----------------------------------------------------------------------------- the registry
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One registered attack and the facts evaluation and the sanity checks need about it.
+
+    ``describe(spec)`` is the line reports quote and ``short(spec)`` a table label (``spec``: an
+    ``fastadv.evaluation.AttackSpec``); ``default_alpha(eps)`` the step when none is given (None:
+    the attack sets its own); ``random_start``: whether ``spec.random_start`` applies; ``outside``:
+    run as its authors wrote it (``pyautoattack``), so the sanity checks do not probe it and it
+    gets the progress log; ``pgd_like``: steps and restarts of a signed-gradient L-inf attack
+    (the ``steps-monotone`` and ``pgd-vs-fgsm`` checks apply).
+    """
+
+    fn: Callable[..., torch.Tensor]
+    describe: Callable[[object], str]
+    short: Callable[[object], str]
+    default_alpha: Callable[[float], float | None] = lambda eps: None
+    random_start: bool = False
+    outside: bool = False
+    pgd_like: bool = False
+
+
+ATTACKS: dict[str, Attack] = {
+    "pgd": Attack(
+        pgd, pgd_like=True, random_start=True, default_alpha=lambda eps: eps / 4,
+        describe=lambda s: (f"PGD-{s.steps} ({plural(s.restarts, 'restart')}, eps={s.eps:.4g}, "
+                            f"alpha={s.resolved_alpha():.4g}, {s.loss} loss)"),
+        short=lambda s: f"PGD-{s.steps}x{s.restarts}"),
+    "fgsm": Attack(fgsm, default_alpha=lambda eps: eps, describe=lambda s: f"FGSM (eps={s.eps:.4g})",
+                   short=lambda s: "FGSM"),
+    "apgd-ce": Attack(
+        apgd_ce, outside=True,
+        describe=lambda s: f"APGD-CE ({s.steps} iterations, {plural(s.restarts, 'restart')}, eps={s.eps:.4g}; pyautoattack)",
+        short=lambda s: "APGD-CE"),
+    "apgd-t": Attack(
+        apgd_t, outside=True,
+        describe=lambda s: (f"APGD-T ({s.steps} iterations, {plural(s.targets, 'target class')}, "
+                            f"eps={s.eps:.4g}; pyautoattack)"),
+        short=lambda s: f"APGD-T{s.targets}"),
+    "autoattack": Attack(
+        autoattack, outside=True,
+        describe=lambda s: f"AutoAttack standard ({', '.join(a.upper() for a in AUTOATTACK_STANDARD)}; eps={s.eps:.4g})",
+        short=lambda s: "AutoAttack"),
+}
+
+
+def with_fn(attacks: dict[str, Attack], name: str, fn: Callable[..., torch.Tensor]) -> dict[str, Attack]:
+    """A copy of the registry whose ``name`` entry calls ``fn`` (tests swap in deliberately broken attacks)."""
+    from dataclasses import replace
+
+    return {**attacks, name: replace(attacks[name], fn=fn)}

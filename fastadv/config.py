@@ -35,11 +35,12 @@ class TrainConfig:
     augment: bool | None = None  # crop+flip on the device; None = dataset default (CIFAR yes)
     train_limit: int = 0  # use only the first N training images (0 = all)
     # --- adversary (pixel units on [0,1]; "8/255" accepted)
-    method: str = "free"  # standard | free | fgsm-rs | pgd
+    method: str = "free"  # standard | free | fgsm-rs | fgsm | n-fgsm | pgd
     eps: float | None = None  # L-inf radius; None = dataset standard (MNIST 0.3, CIFAR 8/255)
-    alpha: float | None = None  # attack step; None = method default (free: eps, fgsm-rs: 1.25 eps)
+    alpha: float | None = None  # attack step; None = method default (free, fgsm, n-fgsm: eps; fgsm-rs: 1.25 eps)
     replays: int = 8  # Free-m's m: times each minibatch is replayed
     attack_steps: int = 7  # PGD training's K
+    noise: float = 2.0  # n-fgsm only: uniform noise radius in multiples of eps (the paper's k = 2)
     eps_warmup: float = 0.0  # fraction of training over which eps and alpha ramp up from 0
     # --- optimisation
     epochs: float = 10.0  # passes over the training data (Free-m: real passes, not replays)
@@ -53,8 +54,8 @@ class TrainConfig:
     nesterov: bool = False
     weight_decay: float = 2e-4
     # --- speed
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (with a GradScaler on CUDA) | auto (bf16 on CUDA, fp32 on CPU)
-    channels_last: bool = False  # NHWC memory layout for model and batches (faster convolutions on CPU and GPU)
+    precision: str = "auto"  # fp32 | bf16 | fp16 (GradScaler on CUDA) | auto (bf16 on CUDA and on CPUs with native bf16, else fp32 / fp16)
+    channels_last: bool | None = None  # NHWC layout for model and batches; None = auto (on for CPU and CUDA: faster convolutions)
     compile: bool = False  # torch.compile the model for training (first steps pay the compilation)
 
     # --- evaluation
@@ -65,6 +66,8 @@ class TrainConfig:
     final_restarts: int = 1
     final_alpha: float | None = None  # None = eps/4
     final_limit: int = 0  # final evaluation on the first N test points (0 = all)
+    final_aa_points: int = 1000  # AA-lite (worst case of the final PGD, APGD-CE, APGD-T) on the first N test points (0 = off)
+    final_aa_targets: int = 3  # APGD-T target classes in AA-lite (AutoAttack standard: 9); cost ~ targets x 100 passes per robust point
     eval_batch_size: int = 500
 
     # --- safety: resume checkpoints, catastrophic-overfitting guard
@@ -130,6 +133,7 @@ class TrainConfig:
              f"final_alpha must be > 0, got {self.final_alpha}"),
             (0.0 <= self.eps_warmup <= 1.0, f"eps_warmup must be in [0, 1], got {self.eps_warmup}"),
             (self.replays >= 1, f"replays must be >= 1, got {self.replays}"),
+            (self.noise >= 0, f"noise must be >= 0, got {self.noise}"),
             (self.attack_steps >= 1, f"attack_steps must be >= 1, got {self.attack_steps}"),
             (self.epochs > 0 and math.isfinite(self.epochs), f"epochs must be > 0, got {self.epochs}"),
             (self.iterations >= 0, f"iterations must be >= 0 (0 = use epochs), got {self.iterations}"),
@@ -145,6 +149,8 @@ class TrainConfig:
              f"final_attack_steps must be >= 1, got {self.final_attack_steps}"),
             (self.final_restarts >= 1, f"final_restarts must be >= 1, got {self.final_restarts}"),
             (self.final_limit >= 0, f"final_limit must be >= 0, got {self.final_limit}"),
+            (self.final_aa_points >= 0, f"final_aa_points must be >= 0 (0 = no AA-lite), got {self.final_aa_points}"),
+            (self.final_aa_targets >= 1, f"final_aa_targets must be >= 1, got {self.final_aa_targets}"),
             (self.train_limit >= 0, f"train_limit must be >= 0, got {self.train_limit}"),
             (self.width >= 1, f"width must be >= 1, got {self.width}"),
             (self.depth >= 1, f"depth must be >= 1, got {self.depth}"),

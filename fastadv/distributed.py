@@ -267,22 +267,26 @@ class Silent:
 
 
 # ----------------------------------------------------------------------------- evaluation and checks
-def evaluate(model: nn.Module, data, *, limit: int = 0, **kwargs):
+def evaluate(model: nn.Module, data, *, limit: int = 0, aa_lite=None, **kwargs):
     """``fastadv.evaluate`` with the points split across ranks and the figures reduced.
 
     Each rank attacks a contiguous share of the (first ``limit``) points with rank 0's buffers;
-    the result is over all points and the same on every rank. Without a group: ``evaluate``.
+    the result is over all points and the same on every rank. AA-lite's points (the first
+    ``aa_lite.points``) are attacked by the ranks whose shares hold them. Without a group: ``evaluate``.
     """
+    from dataclasses import replace
+
     from fastadv.evaluation import EvalResult, test_split
     from fastadv.evaluation import evaluate as evaluate_points
 
     model = unwrap(model)
     if not active():
-        return evaluate_points(model, data, limit=limit, **kwargs)
+        return evaluate_points(model, data, limit=limit, aa_lite=aa_lite, **kwargs)
     sync_buffers(model)
     x, y = test_split(data, limit)
     lo, hi = rank() * len(y) // world_size(), (rank() + 1) * len(y) // world_size()
-    part = evaluate_points(model, (x[lo:hi], y[lo:hi]), **kwargs)
+    share = None if aa_lite is None else replace(aa_lite, points=max(0, min(hi, aa_lite.points) - lo))
+    part = evaluate_points(model, (x[lo:hi], y[lo:hi]), aa_lite=share if share and share.points else None, **kwargs)
     k = part.points
     sums = torch.tensor([part.clean_acc * k, part.robust_acc * k, part.clean_loss * k, part.robust_loss * k, k],
                         dtype=torch.float64)
@@ -291,8 +295,23 @@ def evaluate(model: nn.Module, data, *, limit: int = 0, **kwargs):
     scale = 1.0 / max(n, 1.0)
     verdicts = gather_objects(part.trusted)  # sanity checks (if asked for) ran on each rank's share
     trusted = None if verdicts[0] is None else all(v is not False for v in verdicts)
+    aa = merge_aa_lite(aa_lite, gather_objects(part.aa_lite), part.attack, kwargs) if aa_lite else None
     return EvalResult(clean * scale, robust * scale, closs * scale, rloss * scale, n_points, part.attack,
-                      trusted, broadcast_object(part.sanity))
+                      trusted, broadcast_object(part.sanity), aa)
+
+
+def merge_aa_lite(aa_lite, parts: list, attack: str, kwargs: dict) -> dict:
+    """One AA-lite record from the ranks' partial ones (ranks without AA-lite points give None)."""
+    from fastadv.evaluation import AttackSpec, spec_from
+
+    parts = [p for p in parts if p]
+    counts = [sum(c) for c in zip(*(p["robust_counts"] for p in parts))]
+    n = sum(p["points"] for p in parts)
+    main = kwargs.get("attack")
+    main = main if isinstance(main, AttackSpec) else spec_from(main or "pgd", kwargs.get("eps"), kwargs.get("alpha"),
+                                                              kwargs.get("steps", 20), kwargs.get("restarts", 1),
+                                                              kwargs.get("loss", "ce"))
+    return aa_lite.record(n, counts, main, max(p["seconds"] for p in parts))
 
 
 def param_digest(model: nn.Module) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from fastadv.attacks import ATTACKS, AUTOATTACK_STANDARD
+from fastadv.attacks import ATTACKS, AUTOATTACK_STANDARD, Attack
 from fastadv.data import DataError, Dataset, to_float
 
 Progress = Callable[[str, int], Any]  # (description, total points) -> object with update(n) and close()
@@ -35,36 +35,34 @@ Progress = Callable[[str, int], Any]  # (description, total points) -> object wi
 class AttackSpec:
     """What attack produced a robust number; ``describe()`` is the line reports quote.
 
-    Frozen and hashable, so results can be cached by spec. ``alpha=None`` means eps/4 for
-    PGD (the thesis' PGD-20 step) and eps for FGSM; AutoAttack has no step size.
+    Frozen and hashable, so results can be cached by spec. ``alpha=None`` means the attack's
+    default step (``fastadv.attacks.ATTACKS``: eps/4 for PGD, the thesis' PGD-20 step; eps for
+    FGSM; APGD and AutoAttack set their own). For APGD ``steps`` counts iterations and
+    ``targets`` the target classes of APGD-T.
     """
 
-    name: str = "pgd"  # pgd | fgsm | autoattack
+    name: str = "pgd"  # a key of fastadv.attacks.ATTACKS
     eps: float = 0.3
-    alpha: float | None = None  # None = eps/4 for PGD, eps for FGSM
+    alpha: float | None = None  # None = the attack's default step
     steps: int = 20
     restarts: int = 1
     loss: str = "ce"
     random_start: bool = True
+    targets: int = 9  # apgd-t only
+
+    @property
+    def info(self):
+        return ATTACKS[self.name]
 
     def resolved_alpha(self) -> float | None:
-        if self.alpha is not None:
-            return self.alpha
-        if self.name == "autoattack":
-            return None
-        return self.eps if self.name == "fgsm" else self.eps / 4
+        return self.alpha if self.alpha is not None else self.info.default_alpha(self.eps)
 
     def describe(self) -> str:
-        if self.name == "fgsm":
-            return f"FGSM (eps={self.eps:.4g})"
-        if self.name == "autoattack":
-            return f"AutoAttack standard ({', '.join(a.upper() for a in AUTOATTACK_STANDARD)}; eps={self.eps:.4g})"
-        return (f"PGD-{self.steps} ({self.restarts} restart{'s' if self.restarts != 1 else ''}, "
-                f"eps={self.eps:.4g}, alpha={self.resolved_alpha():.4g}, {self.loss} loss)")
+        return self.info.describe(self)
 
     def short(self) -> str:
         """A name for table rows, e.g. 'PGD-20x1' or 'FGSM'."""
-        return {"fgsm": "FGSM", "autoattack": "AutoAttack"}.get(self.name, f"PGD-{self.steps}x{self.restarts}")
+        return self.info.short(self)
 
     def at_eps(self, eps: float) -> "AttackSpec":
         """The same attack at another radius; an explicit alpha keeps its ratio to eps."""
@@ -73,6 +71,8 @@ class AttackSpec:
 
     def to_dict(self) -> dict:
         out = {**asdict(self), "alpha": self.resolved_alpha(), "description": self.describe()}
+        if self.name != "apgd-t":
+            out.pop("targets")
         if self.name == "autoattack":
             out.update(version="standard", attacks=list(AUTOATTACK_STANDARD), norm="Linf", package="pyautoattack")
         return out
@@ -95,11 +95,64 @@ class EvalResult:
     attack: str
     trusted: bool | None = None  # None: no sanity checks were run
     sanity: tuple = ()  # fastadv.sanity.CheckResult for each check run
+    aa_lite: dict | None = None  # AALite.record(): the worst case of the main attack, APGD-CE and APGD-T
+
+    @property
+    def headline_acc(self) -> float:
+        """The number to quote: AA-lite's worst case when it ran, else the main attack's robust accuracy."""
+        return self.aa_lite["robust_acc"] if self.aa_lite else self.robust_acc
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["sanity"] = [c.to_dict() for c in self.sanity]
         return out
+
+
+@dataclass(frozen=True)
+class AALite:
+    """AA-lite: per point, the worst case of the main PGD attack, APGD-CE and APGD-T (``pyautoattack``).
+
+    Run on the first ``points`` test points; like AutoAttack, each attack only tries the points
+    the previous ones left robust. ``targets`` sizes APGD-T (AutoAttack standard: 9 target
+    classes), whose cost is about ``targets * steps`` forward-backward passes per robust point;
+    ``steps`` are APGD iterations (standard: 100). FAB-T and Square, the rest of standard
+    AutoAttack, are left out: they rarely lower the figure on a model whose gradients are not
+    masked, and the masking check of ``fastadv.sanity`` looks for that case.
+    """
+
+    points: int = 1000
+    targets: int = 3
+    steps: int = 100
+
+    def specs(self, eps: float) -> list[AttackSpec]:
+        return [AttackSpec("apgd-ce", eps=eps, steps=self.steps),
+                AttackSpec("apgd-t", eps=eps, steps=self.steps, targets=self.targets)]
+
+    def describe(self, main: AttackSpec) -> str:
+        return "worst case of " + ", ".join([main.describe()] + [s.describe() for s in self.specs(main.eps)])
+
+    def run(self, model, x, y, robust: torch.Tensor, main: AttackSpec, *, seed: int, batch_size: int,
+            device) -> dict:
+        """AA-lite counts on points ``x``, ``y`` (at most ``points``) whose main-attack robust mask is ``robust``."""
+        t0 = time.perf_counter()
+        n = len(y)
+        counts = [int(robust.sum())]
+        for spec in self.specs(main.eps):
+            idx = robust.nonzero().squeeze(1)
+            if len(idx):
+                r = predict_points(model, x[idx.to(x.device)], y[idx.to(y.device)], spec, batch_size=batch_size,
+                                   seed=seed, device=device)
+                robust = robust.clone()
+                robust[idx] = r.correct
+            counts.append(int(robust.sum()))
+        return self.record(n, counts, main, time.perf_counter() - t0)
+
+    def record(self, n: int, counts: list[int], main: AttackSpec, seconds: float) -> dict:
+        """The summary entry from per-stage robust counts (main attack, then after each APGD attack)."""
+        names = [main.describe()] + [s.describe() for s in self.specs(main.eps)]
+        return {"points": n, "robust_acc": counts[-1] / max(n, 1), "robust_counts": counts,
+                "stages": [{"after": name, "robust_acc": c / max(n, 1)} for name, c in zip(names, counts)],
+                "attack": self.describe(main), "targets": self.targets, "steps": self.steps, "seconds": seconds}
 
 
 def test_split(data, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,14 +184,14 @@ def spec_from(attack: "AttackSpec | str", eps, alpha, steps, restarts, loss) -> 
                       restarts=restarts, loss=loss)
 
 
-def run_attack(model, x, y, attack: AttackSpec, generator=None, attacks: Mapping[str, Callable] = ATTACKS,
+def run_attack(model, x, y, attack: AttackSpec, generator=None, attacks: Mapping[str, Attack] = ATTACKS,
                log: Callable[[str], None] | None = None) -> torch.Tensor:
-    """x_adv for one batch under ``attack``; ``attacks`` maps names to attack functions."""
-    fn = attacks[attack.name]
-    extra = {"log": log} if attack.name == "autoattack" else {}
-    return fn(model, x, y, eps=attack.eps, alpha=attack.resolved_alpha(), steps=attack.steps,
-              restarts=attack.restarts, random_start=attack.random_start if attack.name == "pgd" else False,
-              loss=attack.loss, generator=generator, **extra)
+    """x_adv for one batch under ``attack``; ``attacks`` is the registry to look its name up in."""
+    info = attacks[attack.name]
+    extra = {"log": log} if info.outside else {}
+    return info.fn(model, x, y, eps=attack.eps, alpha=attack.resolved_alpha(), steps=attack.steps,
+                   restarts=attack.restarts, random_start=attack.random_start and info.random_start,
+                   loss=attack.loss, targets=attack.targets, generator=generator, **extra)
 
 
 @dataclass
@@ -156,7 +209,7 @@ class PointResults:
 
 
 def predict_points(model: torch.nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, spec: AttackSpec | None, *,
-                   batch_size: int = 500, seed: int = 0, device=None, attacks: Mapping[str, Callable] = ATTACKS,
+                   batch_size: int = 500, seed: int = 0, device=None, attacks: Mapping[str, Attack] = ATTACKS,
                    progress: Progress | None = None, log: Callable[[str], None] | None = None) -> PointResults:
     """Per-example correctness and CE loss on ``x_all`` (clean if ``spec`` is None, else attacked).
 
@@ -207,7 +260,7 @@ def evaluate(model: torch.nn.Module, data, *, attack: AttackSpec | str = "pgd", 
              alpha: float | None = None, steps: int = 20, restarts: int = 1, loss: str = "ce",
              limit: int = 0, batch_size: int = 500, seed: int = 0,
              device: torch.device | str | None = None, sanity: bool = False,
-             sanity_points: int = 200) -> EvalResult:
+             sanity_points: int = 200, aa_lite: AALite | None = None) -> EvalResult:
     """Clean and robust accuracy (fractions in [0,1]) over the test split or an (x, y) pair.
 
     Runs in eval mode and restores the model's previous mode. Images may be uint8 [0,255]
@@ -215,6 +268,8 @@ def evaluate(model: torch.nn.Module, data, *, attack: AttackSpec | str = "pgd", 
     attack fails; every point is attacked for all steps, and with restarts the
     per-example worst case is kept. ``sanity=True`` also runs the checks of
     ``fastadv.sanity`` on ``sanity_points`` points (``EvalResult.trusted`` says whether all passed).
+    ``aa_lite`` adds APGD-CE and APGD-T on the first ``aa_lite.points`` points, run only where
+    ``attack`` failed: ``EvalResult.aa_lite`` then holds the per-point worst case, the headline.
     """
     spec = spec_from(attack, eps, alpha, steps, restarts, loss)
     x_all, y_all = test_split(data, limit)
@@ -227,11 +282,18 @@ def evaluate(model: torch.nn.Module, data, *, attack: AttackSpec | str = "pgd", 
             checks = tuple(run_sanity(model, x_all, y_all, spec, {None: clean, spec: adv}, points=sanity_points,
                                       seed=seed, batch_size=batch_size, device=device))
     robust = clean.correct & adv.correct
+    aa = None
+    if aa_lite is not None:
+        k = min(aa_lite.points, len(y_all))
+        with eval_mode(model):
+            aa = aa_lite.run(model, x_all[:k], y_all[:k], robust[:k], spec, seed=seed, batch_size=batch_size,
+                             device=device)
     n = max(len(y_all), 1)
     sums = torch.stack([clean.correct.sum(), robust.sum(), clean.loss.sum(), adv.loss.sum()]).double() / n
     clean_acc, robust_acc, clean_loss, robust_loss = sums.tolist()
     trusted = all(c.passed is not False for c in checks) if sanity else None
-    return EvalResult(clean_acc, robust_acc, clean_loss, robust_loss, len(y_all), spec.describe(), trusted, checks)
+    return EvalResult(clean_acc, robust_acc, clean_loss, robust_loss, len(y_all), spec.describe(), trusted, checks,
+                      aa)
 
 
 def clean_pass(model, x_all, y_all, batch_size, device, progress: Progress | None = None) -> PointResults:
@@ -239,7 +301,7 @@ def clean_pass(model, x_all, y_all, batch_size, device, progress: Progress | Non
 
 
 def run_sanity(model, x_all, y_all, spec: AttackSpec, known: Mapping, *, points: int, seed: int, batch_size: int,
-               device, attacks: Mapping[str, Callable] = ATTACKS, progress: Progress | None = None) -> list:
+               device, attacks: Mapping[str, Attack] = ATTACKS, progress: Progress | None = None) -> list:
     """The sanity checks on a fixed random subset of ``points`` points, reusing ``known`` results."""
     from fastadv.sanity import run_checks, subset_indices
 
@@ -373,7 +435,7 @@ def evaluate_suite(model: torch.nn.Module, data, attacks: Sequence[AttackSpec], 
                 known[spec] = predict_points(model, x_all, y_all, spec, **kw)
             curve.append((eps, (clean.correct & known[spec].correct).float().mean().item()))
         checks = (run_sanity(model, x_all, y_all, main, {k: v for k, v in known.items() if k is None or
-                                                          k.name != "autoattack"},
+                                                          not k.info.outside},
                              points=sanity_points, seed=seed, batch_size=batch_size, device=device,
                              progress=progress) if sanity else [])
     if num_classes is None:

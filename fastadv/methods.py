@@ -5,7 +5,8 @@ optimizer steps that minibatch gets (Free-m: ``replays``; the others: one). Each
 step goes through ``ctx.optimizer_step()``, which sets LR and momentum for the current
 iteration first. Statistics stay on the device (no host syncs).
 
-Costs in forward-backward computations per minibatch: standard 1, free m, fgsm-rs 2, pgd K+1.
+Costs in forward-backward computations per minibatch: standard 1, free m, fgsm-rs / fgsm / n-fgsm 2,
+pgd K+1.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from fastadv.attacks import pgd
+from fastadv.attacks import n_fgsm, pgd
 from fastadv.distributed import unwrap
 from fastadv.precision import FP32, Precision
 
@@ -35,6 +36,7 @@ class StepContext:
     iteration: int = 0  # optimizer steps taken so far
     state: dict = field(default_factory=dict)
     precision: Precision = field(default_factory=lambda: FP32)  # autocast, scaled backward and optimizer step
+    noise: float = 2.0  # n-fgsm: uniform noise radius in multiples of eps
 
     def optimizer_step(self) -> None:
         self.set_hyperparams(self.iteration)
@@ -112,6 +114,18 @@ def fgsm_rs_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStat
                  passes=lambda m, k: 2, alpha=lambda eps, k: eps)
 def fgsm_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
     stats = sgd_on(ctx, ctx.attack(x, y, steps=1, random_start=False), y)
+    stats.passes = 2
+    return stats
+
+
+@register_method("n-fgsm", description="N-FGSM (de Jorge et al. 2022): one FGSM step alpha=eps from uniform noise "
+                                       "of radius 2 eps, no projection to the eps-ball (only to [0,1])",
+                 passes=lambda m, k: 2, alpha=lambda eps, k: eps)
+def n_fgsm_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
+    with ctx.precision.autocast():
+        x_adv = n_fgsm(unwrap(ctx.model), x, y, eps=ctx.eps, alpha=ctx.alpha, noise=ctx.noise,
+                       generator=ctx.generator)
+    stats = sgd_on(ctx, x_adv, y)
     stats.passes = 2
     return stats
 

@@ -22,6 +22,17 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def resolve_channels_last(flag: bool | None, device: torch.device | str) -> bool:
+    """``channels_last = None`` (auto): NHWC on CPU and CUDA, where convolutions run faster in it.
+
+    Measured on 2 CPU cores (forward + backward, batch 128, fast-cnn): 1.5x in fp32 and 1.6x in
+    bf16 over NCHW; on MNIST's small CNN 1.3x (docs/PERFORMANCE.md). Other devices keep NCHW.
+    """
+    if flag is not None:
+        return flag
+    return torch.device(device).type in ("cpu", "cuda")
+
+
 def configure_backends(device: torch.device | str) -> dict:
     """Process-wide switches for ``device``; returns what was set (for the run record).
 
@@ -62,4 +73,4 @@ def prepare_batch(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     return x
 
 
-__all__ = ["configure_backends", "memory_format", "prepare_batch", "prepare_model"]
+__all__ = ["configure_backends", "memory_format", "prepare_batch", "prepare_model", "resolve_channels_last"]

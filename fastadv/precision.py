@@ -39,12 +39,29 @@ class Precision:
             self.scaler.update()
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles: oneDNN's fast bf16 convolutions).
+
+    Without either, CPU bf16 autocast is emulated and slower than fp32.
+    """
+    cpu = getattr(torch, "cpu", None)
+    probes = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)
+
+
 def resolve_mode(mode: str, device: torch.device) -> str:
-    """``auto`` is bf16 on CUDA devices that support it (else fp16) and fp32 elsewhere."""
+    """``auto``: the fastest precision the device computes natively.
+
+    CUDA: bf16 where supported, else fp16 (with a GradScaler). CPU: bf16 when the CPU has native
+    bf16 (measured on a 2-core AVX512-BF16/AMX machine: 2.0x the fp32 speed of a CIFAR conv net,
+    see docs/PERFORMANCE.md), else fp32. Other devices: fp32.
+    """
     if mode != "auto":
         return mode
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
     return "fp32"
 
 

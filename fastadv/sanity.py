@@ -30,7 +30,7 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from fastadv.attacks import ATTACKS
+from fastadv.attacks import ATTACKS, Attack
 
 ZERO_GRAD_FRACTION = 0.1  # more than this share of points with an all-zero input gradient fails `gradients`
 LARGE_EPS = 1.0  # L-inf radius that covers the whole [0,1] box: any image can become any other
@@ -77,7 +77,7 @@ class Probe:
 
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, spec, *,
                  known: Mapping | None = None, seed: int = 0, batch_size: int = 500,
-                 attacks: Mapping[str, Callable] = ATTACKS, progress=None):
+                 attacks: Mapping[str, Attack] = ATTACKS, progress=None):
         from fastadv.evaluation import predict_points
 
         self.model, self.x, self.y, self.spec = model, x, y, spec
@@ -113,7 +113,7 @@ class Probe:
         """The main attack if it is PGD, else the default PGD-20 at the same eps (for probes that need steps)."""
         from fastadv.evaluation import AttackSpec
 
-        return self.spec if self.spec.name == "pgd" else AttackSpec("pgd", eps=self.spec.eps)
+        return self.spec if self.spec.info.pgd_like else AttackSpec("pgd", eps=self.spec.eps)
 
 
 Check = Callable[[Probe], tuple]  # -> (passed: bool | None, detail: str)
@@ -198,7 +198,7 @@ def check_eps_monotone(p: Probe):
                 "converge (step size, masked or noisy gradients)")
 def check_steps_monotone(p: Probe):
     spec = p.spec
-    if spec.name != "pgd" or (spec.steps <= 1 and spec.restarts <= 1):
+    if not spec.info.pgd_like or (spec.steps <= 1 and spec.restarts <= 1):
         return None, f"not applicable to {spec.short()}"
     weaker = []
     if spec.steps > 1:
@@ -216,7 +216,7 @@ def check_steps_monotone(p: Probe):
 def check_pgd_vs_fgsm(p: Probe):
     from fastadv.evaluation import AttackSpec
 
-    if p.spec.name != "pgd":
+    if not p.spec.info.pgd_like:
         return None, f"not applicable to {p.spec.short()}"
     fgsm = AttackSpec("fgsm", eps=p.spec.eps, loss=p.spec.loss)
     a_pgd, a_fgsm = p.acc(p.spec), p.acc(fgsm)
@@ -232,7 +232,7 @@ def check_large_eps(p: Probe):
 
 
 def run_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, spec, *, known: Mapping | None = None,
-               seed: int = 0, batch_size: int = 500, attacks: Mapping[str, Callable] = ATTACKS,
+               seed: int = 0, batch_size: int = 500, attacks: Mapping[str, Attack] = ATTACKS,
                only: list[str] | None = None, progress=None) -> list[CheckResult]:
     """Run the checks (all, or the names in ``only``) on float [0,1] points ``x`` (N x C x H x W), ``y`` (N).
 

@@ -34,7 +34,7 @@ from fastadv.checkpoint import (CHECKPOINT_DIR, CheckpointError, arch_of, atomic
 from fastadv.config import ConfigError, TrainConfig, check_config, check_model_args, resolve_eps
 from fastadv.data import BatchStream, Dataset, batches_per_epoch, load_dataset
 from fastadv.errors import first_line
-from fastadv.evaluation import AttackSpec
+from fastadv.evaluation import AALite, AttackSpec
 from fastadv.methods import METHODS, StepContext
 from fastadv.precision import make_precision
 
@@ -42,7 +42,7 @@ METRIC_FIELDS = ["step", "epoch", "seconds", "lr", "momentum", "train_loss", "tr
                  "clean_loss", "clean_acc", "adv_loss", "adv_acc", "grad_computations", "event"]
 SCALARS = METRIC_FIELDS[2:-1]  # what goes to TensorBoard ("event" is text, empty on most rows)
 CHECKPOINT_SECONDS = 240.0  # checkpoint_every = 0: at most 4 minutes of training lost to a crash
-SINGLE_STEP = ("fgsm", "fgsm-rs", "free")  # methods prone to catastrophic overfitting: the guard is on by default
+SINGLE_STEP = ("fgsm", "fgsm-rs", "n-fgsm", "free")  # methods prone to catastrophic overfitting: the guard is on by default
 CLEAN_SLACK = 0.02  # guard: clean accuracy counts as "not falling" within 2 points (noise of 1,000 points)
 RESUME_MAY_CHANGE = ("progress", "device", "data_dir", "download", "out_dir", "name")  # do not change the numbers
 
@@ -524,9 +524,10 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
 
     arch = arch_of(cfg, data)
     model = model_from_arch(arch).to(device)
-    speed = {**perf.configure_backends(device), "channels_last": cfg.channels_last, "compile": cfg.compile}
+    channels_last = perf.resolve_channels_last(cfg.channels_last, device)
+    speed = {**perf.configure_backends(device), "channels_last": channels_last, "compile": cfg.compile}
     # the module trained with (channels_last / compiled); it shares model's weights
-    train_model = perf.prepare_model(model, channels_last=cfg.channels_last, compile=cfg.compile)
+    train_model = perf.prepare_model(model, channels_last=channels_last, compile=cfg.compile)
     optimizer = make_optimizer(cfg, model)
     generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(cfg.seed + 1))  # random starts
     data_gen = torch.Generator().manual_seed(cfg.seed)  # data order and augmentation
@@ -535,7 +536,7 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
     loop = LoopState(next_eval=eval_every)
     ctx = StepContext(distributed.wrap(train_model, device), optimizer, eps, alpha, cfg.replays, cfg.attack_steps,
                       hyperparam_setter(optimizer, lr_fn, mom_fn, lambda: loop.lr_scale), generator,
-                      precision=make_precision(cfg.precision, device))
+                      precision=make_precision(cfg.precision, device), noise=cfg.noise)
     speed["precision"] = ctx.precision.mode
 
     if resume is None:
@@ -591,7 +592,7 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
             x, y = next(stream)
             ramp = eps_ramp(loop.mb_done / minibatches, cfg.eps_warmup)
             ctx.eps, ctx.alpha = eps * ramp, alpha * loop.alpha_scale * ramp
-            stats = method.step(ctx, perf.prepare_batch(x, cfg.channels_last), y)
+            stats = method.step(ctx, perf.prepare_batch(x, channels_last), y)
             acc[0] += stats.loss_sum
             acc[1] += stats.correct
             loop.count += stats.count  # a host int: no tensor is built from it per step
@@ -637,15 +638,18 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
     final = AttackSpec("pgd", eps=eps, alpha=cfg.final_alpha, steps=cfg.final_attack_steps,
                        restarts=cfg.final_restarts)
     t_eval = time.perf_counter()
+    aa_lite = AALite(points=cfg.final_aa_points, targets=cfg.final_aa_targets) if cfg.final_aa_points else None
     result = distributed.evaluate(model, data, attack=final, limit=cfg.final_limit,
-                                  batch_size=cfg.eval_batch_size, seed=cfg.seed, sanity=True)
+                                  batch_size=cfg.eval_batch_size, seed=cfg.seed, sanity=True, aa_lite=aa_lite)
     n_train = len(data.y_train)
     summary = {
         "name": run_dir.name, "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method,
         "status": "stopped by the overfitting guard" if loop.stopped else "completed",
-        "clean_acc": result.clean_acc, "robust_acc": result.robust_acc,
+        "headline": headline(result),
+        "clean_acc": result.clean_acc, "robust_acc": result.robust_acc,  # robust_acc: the final PGD-K alone
         "clean_loss": result.clean_loss, "robust_loss": result.robust_loss,
         "attack": result.attack, "attack_params": final.to_dict(), "eval_points": result.points,
+        "aa_lite": result.aa_lite,
         "trusted": result.trusted, "sanity": [c.to_dict() for c in result.sanity],  # fastadv.sanity checks
         "eps": eps, "train_seconds": loop.train_seconds, "eval_seconds": time.perf_counter() - t_eval,
         "checkpoint_seconds": loop.checkpoint_seconds,
@@ -658,6 +662,14 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
     if distributed.is_main():
         write_json(run_dir / "summary.json", summary)
     return RunResult(run_dir, summary, model.eval(), cfg)
+
+
+def headline(result) -> dict:
+    """The figure to quote first: AA-lite's per-point worst case when it ran, else the final PGD-K."""
+    if result.aa_lite:
+        return {"robust_acc": result.aa_lite["robust_acc"], "attack": result.aa_lite["attack"],
+                "points": result.aa_lite["points"], "name": "AA-lite"}
+    return {"robust_acc": result.robust_acc, "attack": result.attack, "points": result.points, "name": "PGD"}
 
 
 def metrics_row(ctx: StepContext, loop: LoopState, acc: torch.Tensor, check, fns, per_epoch: int, event: str) -> dict:

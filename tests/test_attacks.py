@@ -80,7 +80,7 @@ def test_eps_zero_is_identity(trained):
 
 
 def test_registry_names():
-    assert set(ATTACKS) == {"fgsm", "pgd", "autoattack"}
+    assert set(ATTACKS) == {"fgsm", "pgd", "apgd-ce", "apgd-t", "autoattack"}
 
 
 def test_attack_loop_makes_no_host_syncs(trained, monkeypatch):
@@ -155,3 +155,47 @@ def test_autoattack_agrees_with_torchattacks(robust_mnist_run, mnist):
           f"torchattacks {theirs:.4f} ({ours.attacks[0].seconds:.0f} s for ours)")
     assert ours.robust_acc > 0.3, "the fixture model should be robust enough for the comparison to mean something"
     assert abs(ours.robust_acc - theirs) <= 0.01
+
+
+# ----------------------------------------------------------------------------- AA-lite
+def test_aa_lite_is_a_worst_case_that_only_attacks_what_is_left(robust_mnist_run, mnist):
+    """AA-lite on the robust fixture: stages never rise, APGD runs only on points the previous attacks left,
+    and the figure agrees with pyautoattack's own APGD-CE + APGD-T run (custom AutoAttack) within 1 point."""
+    pyautoattack = pytest.importorskip("pyautoattack")
+    from fastadv.evaluation import AALite, AttackSpec
+
+    model = fastadv.load_model(robust_mnist_run.run_dir)
+    n = 300
+    x, y = mnist.x_test[:n].float() / 255, mnist.y_test[:n]
+    main = AttackSpec("pgd", eps=0.3, steps=20)
+    lite = AALite(points=n, targets=3, steps=50)
+    result = fastadv.evaluate(model, (x, y), attack=main, aa_lite=lite)
+    aa = result.aa_lite
+    counts = aa["robust_counts"]
+    assert aa["points"] == n and len(counts) == 3 and counts == sorted(counts, reverse=True)
+    assert counts[0] == round(result.robust_acc * n)  # stage 0 is the main PGD-20 on the same points
+    assert result.headline_acc == aa["robust_acc"] <= result.robust_acc
+    assert "APGD-CE (50 iterations" in aa["attack"] and "APGD-T (50 iterations, 3 target classes" in aa["attack"]
+    adversary = pyautoattack.AutoAttack(model, eps=0.3, norm="Linf", version="custom", attacks=["apgd-ce", "apgd-t"],
+                                        seed=0)
+    adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = 50
+    adversary.apgd_targeted.n_target_classes = 3
+    adversary.logger.disabled = True
+    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=n)
+    with torch.no_grad():
+        theirs = ((model(x_adv).argmax(1) == y) & (model(x).argmax(1) == y)).float().mean().item()
+    print(f"AA-lite {aa['robust_acc']:.4f} (stages {counts}), pyautoattack APGD-CE+T {theirs:.4f}")
+    assert abs(aa["robust_acc"] - theirs) <= 0.01
+
+
+def test_apgd_attacks_stay_in_the_ball_and_leave_the_global_rng_alone(trained):
+    pytest.importorskip("pyautoattack")
+    from fastadv.attacks import apgd_ce, apgd_t
+
+    model, x, y = trained
+    model.eval()
+    for attack in (apgd_ce, apgd_t):
+        state = torch.get_rng_state()
+        x_adv = attack(model, x, y, eps=EPS, steps=5, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(torch.get_rng_state(), state)  # pyautoattack reseeds; we put it back
+        assert (x_adv - x).abs().max() <= EPS + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1

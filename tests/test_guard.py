@@ -45,7 +45,7 @@ def test_remedies_compound_and_stop():
 
 
 def test_guard_on_by_default_only_for_single_step_methods():
-    for method, on in (("fgsm", True), ("fgsm-rs", True), ("free", True), ("pgd", False), ("standard", False)):
+    for method, on in (("fgsm", True), ("fgsm-rs", True), ("n-fgsm", True), ("free", True), ("pgd", False), ("standard", False)):
         assert (make_guard(TrainConfig(method=method)) is not None) is on
     assert make_guard(TrainConfig(method="pgd", co_guard=True)) is not None
     assert make_guard(TrainConfig(method="free", co_guard=False)) is None
@@ -112,7 +112,7 @@ def test_guard_keeps_the_best_check_not_the_last():
 COLLAPSE = {"dataset": "mnist", "method": "fgsm", "eps": 0.2, "alpha": 0.2, "epochs": 3, "train_limit": 10000,
             "optimizer": "adam", "lr_max": 0.005, "weight_decay": 0, "batch_size": 100, "eval_every": 20,
             "eval_size": 500, "final_limit": 1000, "progress": False, "co_drop": 0.1, "co_remedy": "stop",
-            "lr_schedule": "one-cycle:peak=0.2,end_cycle=1,div=1e9"}
+            "lr_schedule": "one-cycle:peak=0.2,end_cycle=1,div=1e9", "precision": "fp32"}  # measured in fp32
 
 
 def test_guard_catches_a_real_catastrophic_overfitting(mnist, tmp_path):

@@ -100,8 +100,8 @@ def test_free_smaller_batch_uses_the_first_rows_of_delta():
     assert torch.allclose(ctx.model.inputs[2], (x_small + kept[:5]).clamp(0, 1))
 
 
-@pytest.mark.parametrize("method,passes,steps", [("standard", 1, 1), ("fgsm-rs", 2, 1), ("pgd", 4, 1),
-                                                 ("free", 4, 4)])
+@pytest.mark.parametrize("method,passes,steps", [("standard", 1, 1), ("fgsm-rs", 2, 1), ("n-fgsm", 2, 1),
+                                                 ("pgd", 4, 1), ("free", 4, 4)])
 def test_cost_accounting(method, passes, steps):
     ctx, _ = make_ctx(method, replays=4, attack_steps=3)
     x, y = batch()
@@ -120,3 +120,57 @@ def test_every_method_lowers_the_loss_in_a_few_steps(method):
     for _ in range(20):
         last = METHODS[method].step(ctx, x, y)
     assert last.loss_sum.item() / last.count < first.loss_sum.item() / first.count
+
+
+# ----------------------------------------------------------------------------- N-FGSM
+def n_fgsm_inputs(eps=0.1, noise=2.0, seed=0, n=64):
+    """The two inputs an N-FGSM step shows the model: the noisy start (gradient) and the training input."""
+    ctx, _ = make_ctx("n-fgsm", eps=eps)
+    ctx.noise = noise
+    ctx.generator.manual_seed(seed)
+    x, y = batch(n, seed)
+    METHODS["n-fgsm"].step(ctx, x, y)
+    start, trained = ctx.model.inputs
+    return x, start, trained, ctx
+
+
+def test_n_fgsm_costs_two_passes_and_alpha_defaults_to_eps():
+    assert METHODS["n-fgsm"].passes_per_minibatch(8, 7) == 2
+    assert METHODS["n-fgsm"].steps_per_minibatch(8, 7) == 1
+    assert METHODS["n-fgsm"].default_alpha(8 / 255, 7) == pytest.approx(8 / 255)
+
+
+def test_n_fgsm_noise_is_uniform_in_two_eps_and_the_step_is_alpha_sign_grad():
+    eps = 0.1
+    x, start, trained, ctx = n_fgsm_inputs(eps=eps)
+    noise = start - x
+    inside = ((start > 0) & (start < 1))  # away from the image box the noise is the raw draw
+    assert noise.abs().max() <= 2 * eps + 1e-6
+    assert noise[inside].abs().max() > 1.5 * eps  # it reaches beyond the eps-ball: radius 2 eps, not eps
+    assert abs(noise[inside].mean().item()) < 0.02  # centred
+    step = trained - start
+    free = (trained > 0) & (trained < 1)  # where the box did not cut the step
+    assert torch.allclose(step[free].abs(), torch.full_like(step[free], ctx.alpha), atol=1e-6)
+
+
+def test_n_fgsm_does_not_project_to_the_eps_ball_only_to_the_image_box():
+    eps = 0.1
+    x, start, trained, _ = n_fgsm_inputs(eps=eps)
+    dist = (trained - x).abs()
+    assert trained.min() >= 0 and trained.max() <= 1
+    assert dist.max() <= 3 * eps + 1e-6  # noise 2 eps + step eps
+    assert (dist > eps + 1e-6).float().mean() > 0.2  # many pixels lie outside the eps-ball: no projection
+
+
+def test_n_fgsm_noise_scale_zero_is_fgsm_from_x():
+    x, start, trained, _ = n_fgsm_inputs(noise=0.0)
+    assert torch.equal(start, x.clamp(0, 1))
+
+
+def test_n_fgsm_at_eps_zero_trains_on_clean_inputs():
+    ctx, _ = make_ctx("n-fgsm", eps=0.0)
+    x, y = batch()
+    state = ctx.generator.get_state()
+    METHODS["n-fgsm"].step(ctx, x, y)
+    assert torch.equal(ctx.model.inputs[-1], x)
+    assert torch.equal(ctx.generator.get_state(), state)  # no random numbers drawn at eps 0 (an eps ramp's start)

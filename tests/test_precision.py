@@ -37,9 +37,30 @@ def test_fp32_is_plain_autograd():
         assert not torch.is_autocast_enabled("cpu")
 
 
-def test_auto_resolves_to_fp32_on_cpu_and_bad_mode_is_a_config_error():
+def test_auto_is_bf16_on_a_cpu_with_native_bf16_and_fp32_without(monkeypatch):
+    from fastadv import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert resolve_mode("auto", torch.device("cpu")) == "bf16"
+    assert make_precision("auto", torch.device("cpu")).mode == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert resolve_mode("auto", torch.device("cpu")) == "fp32"
-    assert make_precision("auto", torch.device("cpu")).mode == "fp32"
+    assert resolve_mode("bf16", torch.device("cpu")) == "bf16"  # an explicit choice is kept
+
+
+def test_native_bf16_detection_agrees_with_the_cpu_flags():
+    flags = ""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo to compare with")
+    from fastadv.precision import cpu_has_native_bf16
+
+    listed = any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
+    assert cpu_has_native_bf16() == listed
+
+
+def test_bad_mode_is_a_config_error():
     with pytest.raises(ConfigError, match="precision must be one of"):
         make_precision("fp8", torch.device("cpu"))
 

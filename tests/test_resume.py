@@ -24,6 +24,8 @@ from fastadv.checkpoint import CHECKPOINT_DIR, KILL_HOOK, CheckpointError, list_
 from fastadv.cli import main
 from fastadv.data import BatchStream, batches
 
+from helpers import without_timings
+
 # Tiny synthetic runs: 512 images, batch 32, 2 epochs = 32 minibatches; a checkpoint every
 # 4 optimizer steps and a held-out check every 6, so kills land between, on and in checkpoints.
 ARGS = {"dataset": "synthetic", "train_limit": 512, "batch_size": 32, "epochs": 2, "augment": True,
@@ -43,7 +45,7 @@ def cli_args(cfg: dict) -> list[str]:
 def figures(run_dir: Path) -> dict:
     """summary.json without timing fields and the run's own name."""
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {k: v for k, v in summary.items() if not k.endswith("seconds") and k != "name"}
+    return without_timings(summary, drop=("name",))
 
 
 def metric_rows(run_dir: Path) -> list[dict]:

@@ -51,7 +51,7 @@ BAD = [
     # --- unknown names, with the valid ones
     ("unknown dataset", ["--dataset", "imagenet"], {}, "unknown dataset 'imagenet' (valid: cifar10, cifar100, digits"),
     ("unknown model", ["--model", "vgg"], {}, "unknown model 'vgg' (valid: fast-cnn, preact-resnet18, small-cnn"),
-    ("unknown method", ["--method", "trades"], {}, "unknown method 'trades' (valid: fgsm, fgsm-rs, free, pgd, standard)"),
+    ("unknown method", ["--method", "trades"], {}, "unknown method 'trades' (valid: fgsm, fgsm-rs, free, n-fgsm, pgd, standard)"),
     ("unknown schedule", ["--lr-schedule", "cosine"], {}, "unknown schedule 'cosine' (valid: constant, cyclical"),
     ("unknown momentum schedule", ["--momentum-schedule", "bouncy"], {}, "unknown momentum schedule 'bouncy' (valid:"),
     ("unknown optimizer", ["--optimizer", "rmsprop"], {}, "optimizer must be one of sgd, adam, got 'rmsprop'"),

@@ -64,9 +64,16 @@ def print_summary(summary: dict, run_dir: Path, label: str = "") -> None:
           f"{summary['steps']} steps, {summary['train_seconds']:.1f} s of training")
     failed = [c for c in summary.get("sanity", []) if c["passed"] is False]
     flag = "  NOT TRUSTED: a sanity check failed (below)" if failed else ""
-    print(table([("clean accuracy", f"{100 * summary['clean_acc']:.2f}%"),
-                 ("robust accuracy", f"{100 * summary['robust_acc']:.2f}%{flag}"),
-                 ("attack", f"{summary['attack']} on {summary['eval_points']} test points")]))
+    rows = []
+    head = summary.get("headline")
+    if head and head.get("name") == "AA-lite":
+        rows += [("robust accuracy (AA-lite)", f"{100 * head['robust_acc']:.2f}%{flag}"),
+                 ("  attack", f"{head['attack']} on the first {head['points']} test points")]
+        flag = ""
+    rows += [("clean accuracy", f"{100 * summary['clean_acc']:.2f}% on {summary['eval_points']} test points"),
+             ("robust accuracy (PGD)", f"{100 * summary['robust_acc']:.2f}%{flag}"),
+             ("  attack", f"{summary['attack']} on {summary['eval_points']} test points")]
+    print(table(rows))
     for c in failed:
         print(f"  sanity [{c['name']}] FAILED: {c['detail']} -- {c['explanation']}")
     print(f"run directory: {run_dir}")
