@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.fastadv-installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo demo-cifar test install bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/fastadv demo
+
+# CIFAR-10 on a CPU: configs/cifar10-cpu.toml (about 15 minutes of training on 2 cores, then the evaluation).
+demo-cifar: $(STAMP)
+	$(VENV)/bin/fastadv demo --dataset cifar10
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -19,19 +19,31 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="python -m benchmarks", description="fastadv speed and memory benchmarks: print tables, write JSON.",
         epilog="benchmarks: " + "; ".join(f"{n}: {m.DESCRIPTION}" for n, m in BENCHMARKS.items()))
     parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), metavar="NAME",
-                        help=f"run only this benchmark (repeatable; one of {', '.join(BENCHMARKS)})")
+                        help=f"run only this benchmark (repeatable; one of {', '.join(BENCHMARKS)}); without it every benchmark "
+             f"but the long ones ({', '.join(n for n, m in BENCHMARKS.items() if getattr(m, 'HEAVY', False))}) runs")
     parser.add_argument("--quick", action="store_true",
                         help="fewer rounds and one seed (minutes); the full run takes longer, see docs/PERFORMANCE.md")
     parser.add_argument("--seeds", type=int, default=None, help="time-to-robust seeds (default 3, quick 1)")
     parser.add_argument("--stop-at-target", action=argparse.BooleanOptionalAction, default=None,
                         help="time-to-robust: end Wong's training at its first check >= 88%% (same time to 88%%, "
                              "no final accuracy; default: on in --quick, off otherwise)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="cifar-cpu: seconds of training per run (default 600, quick 150); "
+                             "--suite gpu: seconds for the whole suite (default 540)")
+    parser.add_argument("--suite", choices=["gpu"], default=None,
+                        help="gpu: the GPU suite (benchmarks/gpu_suite.py) instead of the benchmarks")
+    parser.add_argument("--tiny", action="store_true", help="--suite gpu: the same code on a CPU in under a minute")
+    parser.add_argument("--suite-out", type=Path, default=Path("gpu-results"),
+                        help="--suite gpu: folder for its results.json and figures [gpu-results]")
+    parser.add_argument("--data-dir", default=None, help="--suite gpu: folder with cifar10.npz or its two parts")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is steadier on a crowded machine)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results file [default: {DEFAULT_OUT.name} "
                                                                       "next to this package]")
     args = parser.parse_args(argv)
+    if args.budget is not None and args.budget <= 0:
+        parser.error("--budget must be > 0")
     if args.seeds is not None and args.seeds < 1:
         parser.error("--seeds must be >= 1")
     if args.threads is not None and args.threads < 1:
@@ -55,8 +67,15 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.suite == "gpu":
+        from benchmarks import gpu_suite
+
+        argv_suite = ["--out", str(args.suite_out), "--device", args.device] + (["--tiny"] if args.tiny else [])
+        argv_suite += (["--budget", str(args.budget)] if args.budget else []) + (
+            ["--data-dir", args.data_dir] if args.data_dir else [])
+        return gpu_suite.main(argv_suite)
     BENCHMARKS = registry()
-    names = args.only or list(BENCHMARKS)
+    names = args.only or [n for n, m in BENCHMARKS.items() if not getattr(m, "HEAVY", False)]
     info = machine(device)
     print(f"fastadv benchmarks on {info['processor']} ({info['cpu_count']} cores, torch {info['torch']}, "
           f"{info['torch_threads']} threads, device {device}); load average {info['load_average'][0]:.1f}"
@@ -67,7 +86,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         try:
             out = BENCHMARKS[name].run(device, quick=args.quick, seeds=args.seeds, stop_at_target=args.stop_at_target,
-                                       log=lambda s: print(s, flush=True))
+                                       budget=args.budget, log=lambda s: print(s, flush=True))
         except UserError as exc:  # e.g. MNIST not found for time-to-robust
             print(f"error: {exc}", file=sys.stderr)
             return 2

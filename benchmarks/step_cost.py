@@ -139,9 +139,11 @@ def variants(device: torch.device, quick: bool) -> list[tuple[bool, str]]:
     return out
 
 
-def run(device: torch.device, quick: bool = False, log=print, **_) -> dict:
+def run(device: torch.device, quick: bool = False, log=print, setups=None, **_) -> dict:
+    """Every setup (or those in ``setups``) in every layout and precision variant; returns rows and a table."""
+    setups = SETUPS if setups is None else setups
     rows = []
-    for setup in SETUPS:
+    for setup in setups:
         rounds, steps = setup[7] if quick else setup[6]
         for channels_last, precision in variants(device, quick):
             log(f"  {setup[0]}, channels_last={channels_last}, {precision} ...")
@@ -154,7 +156,7 @@ def run(device: torch.device, quick: bool = False, log=print, **_) -> dict:
                   for r in rows])
     text += (f"\nratio = method's time per step (free: per replay) / clean fwd-bwd-update step, same model, "
              f"batch and layout; median over interleaved rounds ("
-             + ", ".join(f"{s[1]}: {s[7 if quick else 6][0]} rounds of {s[7 if quick else 6][1]} steps" for s in SETUPS)
+             + ", ".join(f"{s[1]}: {s[7 if quick else 6][0]} rounds of {s[7 if quick else 6][1]} steps" for s in setups)
              + ")")
     return {"name": NAME, "rows": rows, "table": text}
 

@@ -25,6 +25,8 @@ class ConfigError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # --- recipe
+    preset: str | None = None  # a preset whose values sit under these (fastadv.presets; fastadv train picks one by dataset); none = off
     # --- data and model
     dataset: str = "mnist"  # registry name: see fastadv.data.DATASETS
     data_dir: str | None = None  # looked up first, then $FASTADV_DATA, then ~/.cache/fastadv
@@ -67,7 +69,7 @@ class TrainConfig:
     final_alpha: float | None = None  # None = eps/4
     final_limit: int = 0  # final evaluation on the first N test points (0 = all)
     final_aa_points: int = 1000  # AA-lite (worst case of the final PGD, APGD-CE, APGD-T) on the first N test points (0 = off)
-    final_aa_targets: int = 3  # APGD-T target classes in AA-lite (AutoAttack standard: 9); cost ~ targets x 100 passes per robust point
+    final_aa_targets: int = 3  # APGD-T target classes in AA-lite (AutoAttack standard: 9; 0 = APGD-CE only); cost ~ targets x 100 passes per robust point
     eval_batch_size: int = 500
 
     # --- safety: resume checkpoints, catastrophic-overfitting guard
@@ -90,6 +92,7 @@ class TrainConfig:
         """Build from a mapping; unknown keys and bad types raise ConfigError."""
         if not isinstance(values, Mapping):
             raise ConfigError(f"a config must be a mapping of key = value pairs, got {type(values).__name__}")
+        values = with_preset(values)
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known), key=str)
         if unknown:
@@ -150,7 +153,7 @@ class TrainConfig:
             (self.final_restarts >= 1, f"final_restarts must be >= 1, got {self.final_restarts}"),
             (self.final_limit >= 0, f"final_limit must be >= 0, got {self.final_limit}"),
             (self.final_aa_points >= 0, f"final_aa_points must be >= 0 (0 = no AA-lite), got {self.final_aa_points}"),
-            (self.final_aa_targets >= 1, f"final_aa_targets must be >= 1, got {self.final_aa_targets}"),
+            (self.final_aa_targets >= 0, f"final_aa_targets must be >= 0 (0 = APGD-CE only), got {self.final_aa_targets}"),
             (self.train_limit >= 0, f"train_limit must be >= 0, got {self.train_limit}"),
             (self.width >= 1, f"width must be >= 1, got {self.width}"),
             (self.depth >= 1, f"depth must be >= 1, got {self.depth}"),
@@ -242,6 +245,19 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
     except (TypeError, ValueError, ZeroDivisionError, OverflowError):
         pass
     raise ConfigError(f"{key} expects {TYPE_NAMES.get(base, getattr(base, '__name__', base))}, got {value!r}")
+
+
+def with_preset(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` over the preset they name (``fastadv.presets``); ConfigError for an unknown preset."""
+    from fastadv import presets
+
+    name = values.get("preset")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"preset expects a string, got {name!r}")
+    try:
+        return presets.apply(values)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def unknown_keys_message(unknown: list, known: list[str]) -> str:

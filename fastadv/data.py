@@ -38,6 +38,18 @@ class Dataset:
     std: tuple[float, ...]
     augment: bool  # whether crop+flip is the default for this dataset
     source: str  # where it was read from (for the run's record)
+    published_train: int | None = None  # size of the published training split (None: no published size)
+
+    @property
+    def split_note(self) -> str:
+        """'' for a complete training split, else e.g. 'partial training split: 36,947 of 50,000 images'.
+
+        Accuracies trained on a partial split run below published figures; every result says so.
+        """
+        n, full = len(self.y_train), self.published_train
+        if full is None or n >= full:
+            return ""
+        return f"partial training split: {n:,} of {full:,} images"
 
     @property
     def channels(self) -> int:
@@ -65,6 +77,7 @@ class DatasetInfo:
     std: tuple[float, ...]
     augment: bool
     description: str
+    published_train: int | None = None  # images in the published training split
 
 
 DATASETS: dict[str, DatasetInfo] = {}
@@ -114,7 +127,7 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Tru
         x_train=torch.from_numpy(xtr), y_train=torch.from_numpy(ytr.astype(np.int64)),
         x_test=torch.from_numpy(xte), y_test=torch.from_numpy(yte.astype(np.int64)),
         num_classes=info.num_classes, mean=info.mean, std=info.std, augment=info.augment,
-        source=source,
+        source=source, published_train=info.published_train,
     ).to(device)
 
 
@@ -203,14 +216,14 @@ CIFAR10_STATS = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)
 CIFAR100_STATS = dict(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
 
 register_dataset("mnist", num_classes=10, augment=False, description="MNIST digits, 28x28 grey",
-                 **MNIST_STATS)(torchvision_loader("mnist", "MNIST", "MNIST"))
+                 published_train=60000, **MNIST_STATS)(torchvision_loader("mnist", "MNIST", "MNIST"))
 register_dataset("fashion-mnist", num_classes=10, augment=False, mean=(0.2860,), std=(0.3530,),
-                 description="Zalando Fashion-MNIST, 28x28 grey")(
+                 description="Zalando Fashion-MNIST, 28x28 grey", published_train=60000)(
     torchvision_loader("fashion-mnist", "FashionMNIST", "FashionMNIST"))
 register_dataset("cifar10", num_classes=10, augment=True, description="CIFAR-10, 32x32 RGB",
-                 **CIFAR10_STATS)(torchvision_loader("cifar10", "CIFAR10", "cifar-10-batches-py"))
+                 published_train=50000, **CIFAR10_STATS)(torchvision_loader("cifar10", "CIFAR10", "cifar-10-batches-py"))
 register_dataset("cifar100", num_classes=100, augment=True, description="CIFAR-100, 32x32 RGB",
-                 **CIFAR100_STATS)(torchvision_loader("cifar100", "CIFAR100", "cifar-100-python"))
+                 published_train=50000, **CIFAR100_STATS)(torchvision_loader("cifar100", "CIFAR100", "cifar-100-python"))
 
 
 @register_dataset("digits", num_classes=10, augment=False, mean=(0.3,), std=(0.4,),

@@ -115,7 +115,7 @@ class AALite:
     Run on the first ``points`` test points; like AutoAttack, each attack only tries the points
     the previous ones left robust. ``targets`` sizes APGD-T (AutoAttack standard: 9 target
     classes), whose cost is about ``targets * steps`` forward-backward passes per robust point;
-    ``steps`` are APGD iterations (standard: 100). FAB-T and Square, the rest of standard
+    ``steps`` are APGD iterations (standard: 100); ``targets = 0`` leaves APGD-T out. FAB-T and Square, the rest of standard
     AutoAttack, are left out: they rarely lower the figure on a model whose gradients are not
     masked, and the masking check of ``fastadv.sanity`` looks for that case.
     """
@@ -125,8 +125,9 @@ class AALite:
     steps: int = 100
 
     def specs(self, eps: float) -> list[AttackSpec]:
-        return [AttackSpec("apgd-ce", eps=eps, steps=self.steps),
-                AttackSpec("apgd-t", eps=eps, steps=self.steps, targets=self.targets)]
+        """APGD-CE, then APGD-T unless ``targets`` is 0 (APGD-CE alone: the cheapest outside check)."""
+        ce = AttackSpec("apgd-ce", eps=eps, steps=self.steps)
+        return [ce] + ([AttackSpec("apgd-t", eps=eps, steps=self.steps, targets=self.targets)] if self.targets else [])
 
     def describe(self, main: AttackSpec) -> str:
         return "worst case of " + ", ".join([main.describe()] + [s.describe() for s in self.specs(main.eps)])

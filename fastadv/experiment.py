@@ -36,7 +36,7 @@ from fastadv.schedules import parse_spec
 DATASET_CODES = {"cifar10": "10", "cifar100": "100", "fashion-mnist": "fmnist", "mnist": "mnist",
                  "digits": "digits", "synthetic": "synth"}
 # F: LR schedule name -> the thesis' technique code.
-TECHNIQUE_CODES = {"piecewise": "FAT", "one-cycle": "1cyc", "one-cycle-truncated": "1tru",
+TECHNIQUE_CODES = {"piecewise": "FAT", "one-cycle": "1cyc", "one-cycle-tf": "1cyc", "one-cycle-truncated": "1tru",
                    "one-cycle-half": "1half", "linear": "lin", "exponential": "exp", "warm-restarts": "warm",
                    "linear-warm-restarts": "walin", "constant": "const", "polynomial": "poly",
                    "cyclical": "cyc"}

@@ -171,6 +171,35 @@ def one_cycle(p: float, lr_max: float, peak: float = 0.45, end_cycle: float = 0.
     return interp(p, [(0.0, low), (peak, lr_max), (end_cycle, low), (1.0, lr_max / final_div)])
 
 
+@shape("one-cycle-tf", "the thesis' 1cycle exactly (its TensorFlow sum of three polynomial decays): lr_max/div -> "
+                       "lr_max at end_cycle/2 -> lr_max/div at end_cycle -> lr_max/final_div at the last step")
+def one_cycle_tf(p: float, lr_max: float, total_steps: int, end_cycle: float = 0.9, div: float = 10.0,
+                 final_div: float = 1000.0) -> float:
+    """The thesis' TF construction, step for step: with T = total_steps, D = end_cycle * T, s = p * T and
+    ``poly(lr0, s, ds, end) = (lr0 - end) * (1 - min(s, ds) / ds) + end`` (TF ``polynomial_decay``, power 1),
+
+        lr(s) = poly(-2A, s, D/2, 0) + poly(2A, s, D, 0) + poly(lr_max/final_div, T - s - 1, T - D - 1, lr_max/div)
+
+    with A = lr_max - lr_max/div (the thesis: A = 0.9 lr_max, 2A = 1.8 lr_max). It equals ``one-cycle``
+    (peak = end_cycle/2) up to D; the final annealing reaches lr_max/final_div at step T - 1, the last
+    step taken, where ``one-cycle`` reaches it at p = 1 (one step later), and stays there at step T.
+    Runs too short for the formula (T - D - 1 <= 0, fewer than ~10 steps) drop to lr_max/final_div after D.
+    """
+    _check_one_cycle(end_cycle / 2, end_cycle, div, final_div)
+    T = max(total_steps, 1)
+    D = end_cycle * T
+    step = p * T
+
+    def poly(lr0: float, x: float, ds: float, end: float) -> float:
+        return (lr0 - end) * (1.0 - min(max(x, 0.0), ds) / ds) + end
+
+    amp = 2.0 * (lr_max - lr_max / div)
+    rise_and_fall = poly(-amp, step, D / 2, 0.0) + poly(amp, step, D, 0.0) if D > 0 else 0.0
+    if T - D - 1 <= 0:  # too short for the formula's final leg
+        return rise_and_fall + (lr_max / div if step <= D else lr_max / final_div)
+    return rise_and_fall + poly(lr_max / final_div, T - step - 1, T - D - 1, lr_max / div)
+
+
 @shape("one-cycle-half", "1cycle & half: low->lr_max->low->lr_max in legs of `peak`, then anneal to "
                          "lr_max/final_div")
 def one_cycle_half(p: float, lr_max: float, peak: float = 0.3, div: float = 10.0,
@@ -460,7 +489,8 @@ class Schedule:
 
     def __call__(self, step: int) -> float:
         p = min(max(step / max(self.total_steps, 1), 0.0), 1.0)
-        return float(self.fn(p, **self.params))
+        extra = {"total_steps": self.total_steps} if takes_total(self.fn) else {}
+        return float(self.fn(p, **self.params, **extra))
 
     def state_dict(self) -> dict:
         """A pure shape has no state; present so every schedule can be checkpointed alike."""
@@ -502,7 +532,8 @@ def build(spec: str, total_steps: int, registry: dict[str, Shape] = SHAPES, **de
         raise ConfigError(f"unknown {kind} {name!r} (valid: {', '.join(sorted({*registry, *adaptive}))})")
     fn = registry.get(name) or adaptive[name]
     signature = inspect.signature(fn).parameters
-    accepted = list(signature)[1:]  # after p (shapes) or total_steps (adaptive classes)
+    # after p (shapes) or total_steps (adaptive classes); a shape's total_steps comes from the run
+    accepted = [k for k in list(signature)[1:] if k != "total_steps"]
     bad = sorted(set(params) - set(accepted))
     if bad:
         raise ConfigError(f"{kind} {name!r} has no parameter(s) {', '.join(bad)} (valid: {', '.join(accepted)})")
@@ -519,8 +550,16 @@ def build(spec: str, total_steps: int, registry: dict[str, Shape] = SHAPES, **de
     return sched
 
 
+def takes_total(fn: Shape) -> bool:
+    """Whether a shape needs the run's total steps (the TF constructions that count steps, not progress)."""
+    return "total_steps" in inspect.signature(fn).parameters
+
+
 # Parameters a momentum mirror takes from the LR spec when both name the same shape.
 MIRRORED = {"one-cycle": ("peak", "end_cycle"), "cyclical": ("cycles", "length", "mode")}
+# LR shapes whose momentum mirror is another shape's: one-cycle-tf peaks at end_cycle / 2
+MIRROR_OF = {"one-cycle-tf": ("one-cycle", lambda params: {"end_cycle": params.get("end_cycle", 0.9),
+                                                           "peak": params.get("end_cycle", 0.9) / 2})}
 
 
 def build_momentum(spec: str, total_steps: int, lr_spec: str | None = None, **defaults) -> Schedule:
@@ -529,8 +568,11 @@ def build_momentum(spec: str, total_steps: int, lr_spec: str | None = None, **de
     name, _ = parse_spec(spec)
     if lr_spec is not None and name in MIRRORED:
         lr_name, lr_params = parse_spec(lr_spec)
-        if lr_name == name and not set(parse_spec(spec)[1]) & set(MIRRORED[name]):
+        unset = not set(parse_spec(spec)[1]) & set(MIRRORED[name])
+        if lr_name == name and unset:
             defaults = {**defaults, **{k: v for k, v in lr_params.items() if k in MIRRORED[name]}}
+        elif lr_name in MIRROR_OF and MIRROR_OF[lr_name][0] == name and unset:
+            defaults = {**defaults, **MIRROR_OF[lr_name][1](lr_params)}
     return build(spec, total_steps, MOMENTUM_SHAPES, **defaults)
 
 

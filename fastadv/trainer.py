@@ -657,6 +657,7 @@ def train_run(cfg: TrainConfig, data: Dataset | None, resume: str | Path | None)
         "minibatches": loop.mb_done, "grad_computations": loop.passes,
         "compute_epochs": loop.passes * cfg.batch_size / n_train,  # fwd-bwd work in passes over the data
         "co_guard": guard is not None, "events": loop.events,
+        "train_size": n_train, "data_note": data.split_note,
         "seed": cfg.seed, "device": str(device), **ranks,
     }
     if distributed.is_main():

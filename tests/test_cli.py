@@ -61,7 +61,7 @@ def test_config_coercion_and_fractions():
 def test_dry_run_prints_resolved_config(capsys):
     assert main(["train", "--dataset", "mnist", "--method", "fgsm-rs", "--dry-run"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["config"]["method"] == "fgsm-rs" and out["name"] == "mnist_1cyc_10ep_0.10"  # thesis D_F2_E_M name
+    assert out["config"]["method"] == "fgsm-rs" and out["name"] == "mnist_1cyc_8ep_0.005"  # thesis D_F2_E_M name (the mnist preset: 8 epochs, lr 5e-3)
 
 
 def test_console_script_help_reads_well():

@@ -121,3 +121,16 @@ def test_incomplete_torchvision_folder_is_reported_not_raised(tmp_path, monkeypa
     with pytest.raises(DataError, match="MNIST unreadable") as err:
         load_dataset("mnist", str(tmp_path), download=False)
     assert "\n" not in str(err.value)
+
+
+def test_a_partial_training_split_says_so():
+    import torch
+
+    from fastadv.data import Dataset
+
+    x, y = torch.zeros(3, 3, 32, 32, dtype=torch.uint8), torch.zeros(3, dtype=torch.long)
+    part = Dataset("cifar10", x, y, x, y, 10, (0.5,) * 3, (0.25,) * 3, True, "test", published_train=50000)
+    assert part.split_note == "partial training split: 3 of 50,000 images"
+    assert Dataset("synthetic", x, y, x, y, 10, (0.5,), (0.25,), False, "test").split_note == ""
+    full = Dataset("cifar10", x, y, x, y, 10, (0.5,) * 3, (0.25,) * 3, True, "test", published_train=3)
+    assert full.split_note == ""

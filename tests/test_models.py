@@ -7,7 +7,7 @@ import torch
 from fastadv.models import MODELS, Normalize, build_model
 
 SHAPES = {"small-cnn": [(1, 28), (3, 32)], "preact-resnet18": [(3, 32)], "wide-resnet": [(3, 32)],
-          "fast-cnn": [(3, 32), (1, 28)]}
+          "fast-cnn": [(3, 32), (1, 28)], "airbench": [(3, 32), (1, 28)]}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -48,5 +48,14 @@ def test_normalization_is_in_the_state_dict(tmp_path):
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError, match="valid: fast-cnn, preact-resnet18, small-cnn, wide-resnet"):
+    with pytest.raises(ValueError, match="valid: airbench, fast-cnn, preact-resnet18, small-cnn, wide-resnet"):
         build_model("vgg")
+
+
+def test_airbench_has_airbenchs_layout():
+    net = build_model("airbench")[1]
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (3, 24, (2, 2)), (24, 64, (3, 3)), (64, 64, (3, 3)), (64, 256, (3, 3)), (256, 256, (3, 3)),
+        (256, 256, (3, 3)), (256, 256, (3, 3))]
+    assert 1.9e6 < sum(p.numel() for p in net.parameters()) < 2.1e6

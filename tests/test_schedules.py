@@ -19,6 +19,7 @@ EXPECTED = {
     "constant": (LR, LR, [0, 1]),
     "piecewise": (LR, LR * 0.01, [0, 1]),
     "one-cycle": (LR / 10, LR / 1000, [0, 0.45, 0.9, 1]),
+    "one-cycle-tf": (LR / 10, LR / 1000, [0, 0.45, 0.9, 1]),
     "one-cycle-half": (LR / 10, LR / 1000, [0, 0.3, 0.6, 0.9, 1]),
     "one-cycle-truncated": (LR / 10, LR / 1000, [0, 0.45, 0.675, 0.9, 1]),
     "exponential": (LR, LR / 1000, [0, 1]),
@@ -511,3 +512,35 @@ def test_schedule_cli_errors(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("total,lr_max", [(1000, 0.15), (40_000, 0.15), (97, 0.1), (391, 0.12)])
+def test_one_cycle_tf_is_the_thesis_formula_at_every_step(total, lr_max):
+    """Written out as the thesis writes it in TensorFlow: three polynomial_decay terms, power 1, D = 0.9 T."""
+    def polynomial_decay(learning_rate, global_step, decay_steps, end_learning_rate):
+        global_step = min(global_step, decay_steps)
+        return (learning_rate - end_learning_rate) * (1 - global_step / decay_steps) + end_learning_rate
+
+    d = 0.9 * total
+    sched = schedules.build("one-cycle-tf", total, lr_max=lr_max)
+    for step in range(total):
+        thesis = (polynomial_decay(-1.8 * lr_max, step, d / 2, 0.0) + polynomial_decay(1.8 * lr_max, step, d, 0.0)
+                  + polynomial_decay(lr_max / 1000, total - step - 1, total - d - 1, lr_max / 10))
+        assert sched(step) == pytest.approx(thesis, rel=1e-9, abs=1e-15), step
+    assert sched(total - 1) == pytest.approx(lr_max / 1000, rel=1e-9)
+    if total == 1000:
+        assert sched(901) == pytest.approx(0.01485, rel=1e-9)  # where one-cycle gives 0.0148515
+
+
+def test_one_cycle_tf_momentum_mirror_peaks_with_the_lr():
+    total = 1000
+    lr = schedules.build("one-cycle-tf:end_cycle=0.8", total, lr_max=0.1)
+    mom = schedules.build_momentum("one-cycle", total, lr_spec="one-cycle-tf:end_cycle=0.8")
+    lrs = [lr(s) for s in range(total)]
+    moms = [mom(s) for s in range(total)]
+    assert lrs.index(max(lrs)) == moms.index(min(moms)) == 400
+
+
+def test_one_cycle_tf_takes_no_total_steps_parameter():
+    with pytest.raises(ConfigError, match="has no parameter"):
+        schedules.build("one-cycle-tf:total_steps=5", 100, lr_max=0.1)

@@ -37,12 +37,32 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="V", help=help_text)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The config a command's flags describe: ``--config FILE`` (if any) overridden by flags."""
+def config_from_args(args: argparse.Namespace, use_presets: bool = False) -> TrainConfig:
+    """The config a command's flags describe: ``--config FILE`` (if any) overridden by flags.
+
+    ``use_presets`` (``fastadv train``): without ``--config`` and ``--preset``, the preset for the
+    dataset and device (``fastadv.presets``) sits under the flags.
+    """
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     if getattr(args, "config", None):
         return TrainConfig.from_file(args.config, overrides)
+    if use_presets and "preset" not in overrides:
+        from fastadv.presets import preset_for
+
+        dataset = overrides.get("dataset", TrainConfig.dataset)
+        name = preset_for(dataset, device_type(overrides.get("device", TrainConfig.device)))
+        if name is not None:
+            overrides["preset"] = name
     return TrainConfig.from_dict(overrides)
+
+
+def device_type(device: str) -> str:
+    """'cpu', 'cuda', 'mps' for a config's device string; 'auto' asks torch whether CUDA is there."""
+    if device != "auto":
+        return device.split(":")[0]
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def number_flag(name: str, text: str) -> float:
@@ -73,6 +93,8 @@ def print_summary(summary: dict, run_dir: Path, label: str = "") -> None:
     rows += [("clean accuracy", f"{100 * summary['clean_acc']:.2f}% on {summary['eval_points']} test points"),
              ("robust accuracy (PGD)", f"{100 * summary['robust_acc']:.2f}%{flag}"),
              ("  attack", f"{summary['attack']} on {summary['eval_points']} test points")]
+    if summary.get("data_note"):
+        rows.append(("data", f"{summary['dataset']}: {summary['data_note']}"))
     print(table(rows))
     for c in failed:
         print(f"  sanity [{c['name']}] FAILED: {c['detail']} -- {c['explanation']}")

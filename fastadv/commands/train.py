@@ -1,6 +1,7 @@
 """``fastadv train``: train a robust model and write its run directory; ``--resume`` continues one."""
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import fields
 
@@ -12,8 +13,13 @@ ORDER = 10
 
 
 def configure(parser) -> None:
-    parser.description = ("Train a model; every config field is a flag. "
-                          "Example: fastadv train --dataset mnist --method fgsm-rs --epochs 10")
+    from fastadv.presets import help_table
+
+    parser.description = ("Train a model; every config field is a flag. Without --config, the preset for the "
+                          "dataset and device sits under the flags (--preset NAME picks another, --preset none "
+                          "switches it off). Example: fastadv train --dataset cifar10 --epochs 5")
+    parser.epilog = "presets (fastadv/recipes/):\n" + help_table()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--config", metavar="FILE", help="TOML or JSON config; flags override it")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue an unfinished run from its last checkpoint, with its own config.json "
@@ -44,10 +50,10 @@ def run(args) -> int:
     if args.resume:
         cfg = resume_config(args.resume, None).replace(**resume_overrides(args))
     else:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, use_presets=True)
     check_names(cfg)
     if args.dry_run:
-        print(json.dumps({"name": cfg.name or run_name(cfg), "config": cfg.to_dict()}, indent=2))
+        print(json.dumps({"name": cfg.name or run_name(cfg), "preset": cfg.preset, "config": cfg.to_dict()}, indent=2))
         return 0
     resolve_device(cfg.device)
     result = train(cfg, resume=args.resume)

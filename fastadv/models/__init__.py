@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from fastadv.models.nets import FastCNN, PreActResNet18, SmallCNN, WideResNet
+from fastadv.models.nets import AirbenchNet, FastCNN, PreActResNet18, SmallCNN, WideResNet
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 DESCRIPTIONS: dict[str, str] = {}
@@ -44,6 +44,8 @@ register_model("small-cnn", "2 conv + 2 fc layers (Wong et al.'s MNIST net); ada
 register_model("preact-resnet18", "pre-activation ResNet-18 (Wong et al.'s CIFAR net)")(PreActResNet18)
 register_model("wide-resnet", "WideResNet-depth-width; depth 32, width 10 is Free-m's WRN-32-10")(WideResNet)
 register_model("fast-cnn", "small BN conv net (widths 32/64/128) that trains usefully on a CPU")(FastCNN)
+register_model("airbench", "airbench94's layout (2x2 stem, conv groups 64/256/256, GELU; 2.0M params): "
+                           "the CPU CIFAR-10 net")(AirbenchNet)
 
 
 def build_model(name: str, *, num_classes: int = 10, channels: int = 3, size: int = 32,
@@ -65,4 +67,4 @@ def build_model(name: str, *, num_classes: int = 10, channels: int = 3, size: in
 
 
 __all__ = ["MODELS", "Normalize", "build_model", "register_model", "SmallCNN", "PreActResNet18",
-           "WideResNet", "FastCNN"]
+           "WideResNet", "FastCNN", "AirbenchNet"]
