@@ -242,6 +242,22 @@ def apgd_t(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: flo
         return attack.perturb(x, y).detach()
 
 
+def square(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 5000,
+           generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
+    """Square Attack (Andriushchenko et al. 2020), black-box: random square updates, ``steps`` queries (``pyautoattack``).
+
+    It uses no gradients, so a model whose gradients are masked (quantized inputs, saturated outputs)
+    does not fool it. AutoAttack standard runs 5,000 queries from p_init 0.8; with fewer queries the
+    schedule of square sizes is rescaled to the budget (``resc_schedule``).
+    """
+    pyautoattack = require_pyautoattack()
+    with keep_global_rng(x.device):
+        attack = pyautoattack.square.SquareAttack(model, norm="Linf", n_queries=steps, eps=eps, p_init=0.8,
+                                                  n_restarts=1, seed=outside_seed(generator), device=x.device,
+                                                  resc_schedule=steps < 5000)
+        return attack.perturb(x, y).detach()
+
+
 def _gen_device(generator: torch.Generator | None) -> torch.device | str:
     return generator.device if generator is not None else "cpu"
 
@@ -289,6 +305,10 @@ ATTACKS: dict[str, Attack] = {
         describe=lambda s: (f"APGD-T ({s.steps} iterations, {plural(s.targets, 'target class')}, "
                             f"eps={s.eps:.4g}; pyautoattack)"),
         short=lambda s: f"APGD-T{s.targets}"),
+    "square": Attack(
+        square, outside=True,
+        describe=lambda s: f"Square ({s.steps} queries, eps={s.eps:.4g}; pyautoattack, black-box)",
+        short=lambda s: f"Square-{s.steps}"),
     "autoattack": Attack(
         autoattack, outside=True,
         describe=lambda s: f"AutoAttack standard ({', '.join(a.upper() for a in AUTOATTACK_STANDARD)}; eps={s.eps:.4g})",

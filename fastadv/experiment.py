@@ -20,16 +20,18 @@ goes on past a failing run and returns the failures.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from fastadv.config import ConfigError, TrainConfig
-from fastadv.errors import first_line
+from fastadv.errors import UserError, first_line
 from fastadv.schedules import parse_spec
 
 # D: dataset code. The thesis only had CIFAR-10 (10) and CIFAR-100 (100).
@@ -222,6 +224,43 @@ class DataCache:
         return self._data[key]
 
 
+LOCK_NAME = ".grid.lock"
+
+
+class GridBusy(UserError):
+    """Another grid is writing into the same folder."""
+
+
+@contextmanager
+def grid_lock(out_dir: str | Path) -> Iterator[None]:
+    """Hold ``OUT/.grid.lock`` while a grid runs: a second grid into the same folder stops with one line.
+
+    The lock is an ``fcntl.flock`` on the file, which the kernel drops when the process ends in
+    any way (crash, SIGKILL), so it cannot be left stuck; the file itself may stay. The holder's pid
+    is written into it for the message. Where ``fcntl`` does not exist (Windows) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise GridBusy(f"another fastadv grid (pid {holder}) is training into {out}; wait for it to finish or "
+                           f"use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
 def run_grid(runs: list[GridRun], *, progress: bool = True,
              train_fn: Callable = start_or_resume, echo: Callable[[str], None] | None = None) -> GridOutcome:
     """Run every unfinished run in order; a failure is recorded and the grid goes on.
@@ -260,5 +299,5 @@ def run_grid(runs: list[GridRun], *, progress: bool = True,
     return outcome
 
 
-__all__ = ["thesis_name", "run_label", "strip_seed", "dataset_code", "technique_code", "budget_code", "lr_code",
+__all__ = ["grid_lock", "GridBusy", "thesis_name", "run_label", "strip_seed", "dataset_code", "technique_code", "budget_code", "lr_code",
            "GridRun", "GridOutcome", "plan_grid", "run_grid", "start_or_resume", "is_finished", "config_files"]

@@ -17,7 +17,10 @@ The checks (name: what must hold):
 - ``eps-monotone``: robust accuracy never rises with eps;
 - ``steps-monotone``: robust accuracy never rises with more steps (or restarts);
 - ``pgd-vs-fgsm``: PGD never does better (for the model) than FGSM at the same eps;
-- ``large-eps``: a very large eps (1.0, the whole [0,1] box) takes robust accuracy to about 0%.
+- ``large-eps``: a very large eps (1.0, the whole [0,1] box) takes robust accuracy to about 0%;
+- ``black-box``: a gradient-free attack (Square, ``BLACK_BOX_QUERIES`` queries) breaks at most about
+  1% of the points the gradient attack left robust. AutoAttack flags the opposite as a sign of an
+  unreliable evaluation: it means the gradients are masked, and the white-box number overstates.
 
 Comparisons between two attacks allow a rise of one point of the subset: random starts
 differ between attacks, and one point is below what a real failure looks like.
@@ -37,6 +40,8 @@ LARGE_EPS = 1.0  # L-inf radius that covers the whole [0,1] box: any image can b
 LARGE_EPS_MAX_ACC = 0.02  # robust accuracy above this at LARGE_EPS fails `large-eps`
 PROB_TOL = 1e-4  # rows of outputs in [0,1] summing to 1 within this look like probabilities
 DETERMINISM_TOL = 1e-5  # relative difference between two forward passes
+BLACK_BOX_QUERIES = 300  # Square queries per point in `black-box` (AutoAttack standard: 5,000)
+BLACK_BOX_MAX_BROKEN = 0.01  # `black-box` fails when Square breaks more than this share of the robust points (and > 1)
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,6 @@ class CheckResult:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "passed": self.passed, "detail": self.detail, "explanation": self.explanation}
-
-
-class SanityWarning(UserWarning):
-    """Raised through ``warnings.warn`` when a check fails (Python API users see it too)."""
 
 
 def subset_indices(n: int, points: int, seed: int = 0) -> torch.Tensor:
@@ -81,7 +82,7 @@ class Probe:
         from fastadv.evaluation import predict_points
 
         self.model, self.x, self.y, self.spec = model, x, y, spec
-        self.batch_size = batch_size
+        self.batch_size, self.seed = batch_size, seed
         self.n = len(y)
         self.tol = 1 / max(self.n, 1)  # one point of the subset
         self._predict = lambda s: predict_points(model, x, y, s, batch_size=batch_size, seed=seed,
@@ -229,6 +230,30 @@ def check_large_eps(p: Probe):
     spec = p.pgd_like().at_eps(LARGE_EPS)
     acc = p.acc(spec)
     return acc <= LARGE_EPS_MAX_ACC, f"robust {pct(acc)} under {spec.short()} at eps={LARGE_EPS:g} (want <= {pct(LARGE_EPS_MAX_ACC)})"
+
+
+@register_check("black-box", "a black-box attack (Square) broke points the gradient attack could not: the gradients "
+                "are masked or obfuscated, so the white-box robust accuracy overstates; quote the black-box or "
+                "AutoAttack figure")
+def check_black_box(p: Probe):
+    from fastadv.attacks import MissingDependency
+    from fastadv.evaluation import AttackSpec, predict_points
+
+    robust = p.correct(p.spec)
+    n = int(robust.sum())
+    if n == 0:
+        return None, f"no point is robust under {p.spec.short()}: nothing for a black-box attack to find"
+    spec = AttackSpec("square", eps=p.spec.eps, steps=BLACK_BOX_QUERIES)
+    idx = robust.nonzero().squeeze(1)
+    try:
+        held = predict_points(p.model, p.x[idx], p.y[idx], spec, batch_size=p.batch_size, seed=p.seed,
+                              device=p.x.device).correct
+    except MissingDependency:
+        return None, "Square needs pyautoattack (pip install pyautoattack)"
+    broken = n - int(held.sum())
+    ok = broken <= max(1, BLACK_BOX_MAX_BROKEN * n)
+    return ok, (f"{spec.short()} broke {broken} of the {n} points robust under {p.spec.short()} "
+                f"({pct(broken / n)}; allowed: {max(1, int(BLACK_BOX_MAX_BROKEN * n))})")
 
 
 def run_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, spec, *, known: Mapping | None = None,

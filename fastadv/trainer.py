@@ -173,7 +173,11 @@ class RunLog:
             pass
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=step, unit="step", disable=not progress, dynamic_ncols=True, leave=True)
+        # A progress bar only on a terminal; in a log file (stderr not a tty) one line per held-out check instead.
+        self.lines = progress and not stream_is_terminal(sys.stderr)
+        self.total = total
+        self.bar = tqdm(total=total, initial=step, unit="step", disable=not progress or self.lines,
+                        dynamic_ncols=True, leave=True)
 
     def row(self, values: dict) -> None:
         with open(self.path, "a", newline="") as f:
@@ -184,6 +188,11 @@ class RunLog:
             self.tb.flush()
         self.bar.set_postfix(loss=f"{values['train_loss']:.3f}", acc=f"{values['train_acc']:.3f}",
                              lr=f"{values['lr']:.3g}", rob=f"{values['adv_acc']:.3f}", refresh=False)
+        if self.lines:
+            print(f"step {values['step']}/{self.total} (epoch {values['epoch']:.2f}, {values['seconds']:.0f} s): "
+                  f"train loss {values['train_loss']:.3f} acc {values['train_acc']:.3f}, held-out clean "
+                  f"{values['clean_acc']:.3f} robust {values['adv_acc']:.3f}, lr {values['lr']:.3g}"
+                  + (f"; {values['event']}" if values.get("event") else ""), file=sys.stderr, flush=True)
 
     def warn(self, message: str) -> None:
         """One line above the progress bar (stderr), also when the bar is off."""
@@ -193,6 +202,13 @@ class RunLog:
         self.bar.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def stream_is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False
 
 
 def keep_rows(path: Path, rows: int) -> None:

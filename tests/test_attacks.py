@@ -80,7 +80,7 @@ def test_eps_zero_is_identity(trained):
 
 
 def test_registry_names():
-    assert set(ATTACKS) == {"fgsm", "pgd", "apgd-ce", "apgd-t", "autoattack"}
+    assert set(ATTACKS) == {"fgsm", "pgd", "apgd-ce", "apgd-t", "square", "autoattack"}
 
 
 def test_attack_loop_makes_no_host_syncs(trained, monkeypatch):

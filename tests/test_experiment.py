@@ -215,3 +215,29 @@ def test_grid_dataclass_reports_state(tmp_path):
     (tmp_path / "a_s0").mkdir()
     (tmp_path / "a_s0" / "summary.json").write_text("{}")
     assert run.finished
+
+
+HOLD_LOCK = """
+import sys, time
+from fastadv.experiment import grid_lock
+with grid_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_grid_into_the_same_folder_stops_and_a_killed_one_leaves_no_stuck_lock(tmp_path, capsys):
+    cfgs = write_toy_grid(tmp_path / "cfg")
+    out = tmp_path / "runs"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["grid", str(cfgs), "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"another fastadv grid (pid {holder.pid}) is training into {out}" in err
+        assert err.count("\n") == 1 and not any(p.name.startswith("synth") for p in out.iterdir())
+    finally:
+        holder.kill()  # SIGKILL: no clean-up code runs
+        holder.wait()
+    assert (out / ".grid.lock").exists()  # the file stays, the lock does not
+    assert main(["grid", str(cfgs / "linear.toml"), "--out", str(out), "--no-progress"]) == 0

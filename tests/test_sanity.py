@@ -129,6 +129,18 @@ def test_rounding_model_trips_gradients_and_large_eps(healthy):
 
 
 @pytest.mark.slow
+def test_masked_gradients_trip_black_box_and_a_healthy_model_passes_it(healthy):
+    """Square (black-box) breaks points that PGD-20 cannot reach through a rounded input layer; on the
+    healthy robust model it breaks none of the points PGD-20 left robust."""
+    pytest.importorskip("pyautoattack")
+    model, x, y = healthy
+    result = only(Rounded(model), x, y, "black-box")
+    assert result.passed is False and "Square-300 broke" in result.detail
+    healthy_result = only(model, x, y, "black-box")
+    assert healthy_result.passed is True
+
+
+@pytest.mark.slow
 def test_unscaled_inputs_trip_eps_zero(healthy):
     """Images given as floats in [0,255] to a model that expects that: the attack clips them to [0,1]."""
     model, x, y = healthy

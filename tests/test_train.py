@@ -89,3 +89,22 @@ def test_config_file_and_flags(tmp_path, capsys):
     assert "robust accuracy" in out and "run directory" in out
     resolved = json.loads((tmp_path / "r" / "cli" / "config.json").read_text())
     assert resolved["epochs"] == 0.5 and resolved["method"] == "standard"
+
+
+def test_progress_in_a_log_file_is_one_line_per_held_out_check(tmp_path):
+    """stderr not a terminal: no carriage-return bar updates, one short line per metrics.csv row."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "train.log"
+    with open(log, "w") as f:
+        proc = subprocess.run([sys.executable, "-m", "fastadv", "train", "--dataset", "synthetic", "--preset", "none",
+                               "--epochs", "2", "--batch-size", "64", "--eval-every", "8", "--eval-size", "64",
+                               "--final-limit", "64", "--final-aa-points", "0", "--out-dir", str(tmp_path / "runs")],
+                              stderr=f, stdout=subprocess.DEVNULL)
+    assert proc.returncode == 0
+    text = log.read_text()
+    rows = list(csv.DictReader(open(next((tmp_path / "runs").iterdir()) / "metrics.csv")))
+    lines = [line for line in text.splitlines() if line.startswith("step ")]
+    assert "\r" not in text and len(lines) == len(rows) >= 5
+    assert all(len(line) < 200 for line in text.splitlines())

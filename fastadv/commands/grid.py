@@ -14,7 +14,8 @@ def configure(parser) -> None:
     parser.description = (
         "Train every config file (or every *.toml / *.json in a directory) with each seed. "
         "Run directories are OUT/<name>_s<seed>; a run with summary.json is finished and skipped, an "
-        "unfinished one is restarted from scratch, a failing one is reported at the end (exit 1). "
+        "unfinished one resumes from its last checkpoint (or restarts when it has none), a failing one is "
+        "reported at the end (exit 1). A second grid into the same OUT stops at once with one line. "
         "Example: fastadv grid configs/scaled --seeds 3 --out runs/scaled")
     parser.add_argument("configs", nargs="+", metavar="CONFIG_DIR_OR_FILE")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per config [default: 1]")
@@ -26,7 +27,7 @@ def configure(parser) -> None:
 
 def run(args) -> int:
     from fastadv.config import TrainConfig
-    from fastadv.experiment import plan_grid, run_grid
+    from fastadv.experiment import grid_lock, plan_grid, run_grid
     from fastadv.trainer import check_names
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
@@ -41,7 +42,8 @@ def run(args) -> int:
         state = {True: "finished", False: "to train"}
         print(table([(r.name, f"{state[r.finished]:<9} <- {r.source}") for r in runs]))
         return 0
-    outcome = run_grid(runs, progress=show_bar)
+    with grid_lock(args.out):
+        outcome = run_grid(runs, progress=show_bar)
     print(f"grid: trained {len(outcome.trained)}, skipped {len(outcome.skipped)} finished, "
           f"{len(outcome.failed)} failed, {outcome.seconds:.0f} s")
     if outcome.failed:
