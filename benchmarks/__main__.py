@@ -55,8 +55,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from benchmarks import registry
     from benchmarks._common import machine
+    from fastadv.core.perf import resolve_device
     from fastadv.errors import UserError
-    from fastadv.trainer import resolve_device
 
     try:
         device = resolve_device(args.device)

@@ -32,6 +32,21 @@ def spread(values) -> tuple[float, float]:
     return float(min(values)), float(max(values))
 
 
+# ----------------------------------------------------------------------------- set-ups on made-up data
+def shaped_setup(model: str, channels: int, size: int, device, *, n: int = 512, **config):
+    """``fastadv.training.build`` on a zero dataset of the given image shape: the step context, model and
+    optimizer exactly as a real run makes them (the cost of a step does not depend on the pixels)."""
+    from fastadv.config import TrainConfig
+    from fastadv.data import Dataset
+    from fastadv.training import build
+
+    x = torch.zeros(n, channels, size, size, dtype=torch.uint8)
+    y = torch.zeros(n, dtype=torch.long)
+    data = Dataset("mnist" if channels == 1 else "cifar10", x, y, x[:16], y[:16], 10, (0.5,) * channels,
+                   (0.25,) * channels, False, "zeros")
+    return build(TrainConfig(model=model, dataset=data.name, device=str(device), **config), data)
+
+
 # ----------------------------------------------------------------------------- memory
 def rss_bytes() -> int:
     """Current resident set size of this process (psutil, else /proc, else the high-water mark)."""

@@ -18,12 +18,16 @@ from pathlib import Path
 
 import torch
 
-from fastadv.checkpoint import checkpoint_problem, latest_checkpoint, read_checkpoint, write_checkpoint
 from fastadv.config import TrainConfig
-from fastadv.data import BatchStream
-from fastadv.methods import StepContext
-from fastadv.models import build_model
-from fastadv.trainer import LoopState, make_optimizer, training_state
+from fastadv.data import Dataset
+from fastadv.training import build
+from fastadv.training.checkpoint import (
+    checkpoint_problem,
+    latest_checkpoint,
+    read_checkpoint,
+    training_state,
+    write_checkpoint,
+)
 
 SHAPES = {"small-cnn": (1, 28, 60000), "preact-resnet18": (3, 32, 50000), "fast-cnn": (3, 32, 50000),
           "wide-resnet": (3, 32, 50000)}  # channels, size, training images
@@ -31,24 +35,25 @@ SHAPES = {"small-cnn": (1, 28, 60000), "preact-resnet18": (3, 32, 50000), "fast-
 
 def measure(model_name: str, repeats: int, batch_size: int = 128) -> dict:
     channels, size, n = SHAPES[model_name]
-    cfg = TrainConfig(model=model_name, dataset="mnist" if channels == 1 else "cifar10")
-    model = build_model(model_name, num_classes=10, channels=channels, size=size)
-    optimizer = make_optimizer(cfg, model)
+    x_train = torch.zeros(n, channels, size, size, dtype=torch.uint8)  # the full training set's data order
+    y = torch.zeros(n, dtype=torch.long)
+    data = Dataset("cifar10" if channels == 3 else "mnist", x_train, y, x_train[:10], y[:10], 10, (0.5,) * channels,
+                   (0.25,) * channels, False, "zeros")
+    cfg = TrainConfig(model=model_name, dataset=data.name, method="free", batch_size=batch_size, eps=0.3,
+                      precision="fp32", channels_last=False)
+    s = build(cfg, data)  # the state a real run checkpoints: model, SGD momentum, data order, RNG, loop
+    model, ctx = s.model, s.ctx
     x = torch.rand(batch_size, channels, size, size)
     torch.nn.functional.cross_entropy(model(x), torch.zeros(batch_size, dtype=torch.long)).backward()
-    optimizer.step()  # momentum buffers exist, as in a running job
-    ctx = StepContext(model, optimizer, 0.3, 0.3, 8, 7, lambda i: None, torch.Generator().manual_seed(1))
-    ctx.state["delta"] = torch.zeros_like(x)
-    stream = BatchStream(torch.zeros(n, 1, 1, 1, dtype=torch.uint8), torch.zeros(n, dtype=torch.long), batch_size,
-                         generator=torch.Generator().manual_seed(0))
-    next(stream)
-    arch = {"model": model_name, "dataset": cfg.dataset}
+    s.optimizer.step()  # momentum buffers exist, as in a running job
+    ctx.state["delta"] = torch.zeros_like(x)  # Free-m's delta for one batch
+    next(s.stream)
     writes, reads = [], []
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         for i in range(repeats):
             ctx.iteration = i + 1
-            state = training_state(cfg, arch, ctx, stream, (), LoopState(), torch.zeros(3, dtype=torch.float64))
+            state = training_state(s)
             t = time.perf_counter()
             path, nbytes = write_checkpoint(run_dir, ctx.iteration, state)
             writes.append(time.perf_counter() - t)

@@ -27,14 +27,14 @@ from __future__ import annotations
 import csv
 import math
 import tempfile
-import tomllib
 from pathlib import Path
 
-import fastadv
-from fastadv.data import batches_per_epoch
-from fastadv.methods import METHODS
+import tomllib
 
+import fastadv
 from benchmarks._common import PeakMemory, median, spread, table
+from fastadv.core.methods import METHODS
+from fastadv.data import batches_per_epoch
 
 NAME = "cifar-cpu"
 DESCRIPTION = "CIFAR-10 on a CPU: five recipes (Free-8, FGSM-RS, N-FGSM, PGD-2, fastadv) at one wall budget"
@@ -147,11 +147,10 @@ def run(device, quick: bool = False, seeds: int | None = None, budget: float | N
                     "best_heldout_adv_acc": max(p["adv_acc"] for p in points), "curve": points,
                     "events": s["events"], "memory": mem.to_dict(), "config": run_cfg})
                 r = runs[name][-1]
-                log(f"  {name} seed {seed}: {target:.0%} held-out at "
-                    f"{'never' if hit is None else f'{hit['seconds']:.0f} s'}; final clean {100 * r['clean_acc']:.1f}%, "
-                    f"PGD-20 {100 * r['pgd20_acc']:.1f}%, AA-lite "
-                    f"{'-' if r['aa_lite_acc'] is None else f'{100 * r['aa_lite_acc']:.1f}%'} "
-                    f"({s['train_seconds']:.0f} s of training)")
+                when = "never" if hit is None else f"{hit['seconds']:.0f} s"
+                aa = "-" if r["aa_lite_acc"] is None else f"{100 * r['aa_lite_acc']:.1f}%"
+                log(f"  {name} seed {seed}: {target:.0%} held-out at {when}; final clean {100 * r['clean_acc']:.1f}%, "
+                    f"PGD-20 {100 * r['pgd20_acc']:.1f}%, AA-lite {aa} ({s['train_seconds']:.0f} s of training)")
     return summarize(runs, chosen, budget=budget, seeds=seeds, target=target, final_points=final_points,
                      aa_points=aa_points, seconds_per_mb=seconds_per_mb, data=data)
 

@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 
 import fastadv
-from fastadv import perf
+from benchmarks._common import PeakMemory, median, spread, sync, table
+from fastadv.core import perf
 from fastadv.data import DataError, to_float
 from fastadv.evaluation import AttackSpec, evaluate
 from fastadv.models import build_model
-
-from benchmarks._common import PeakMemory, median, spread, sync, table
 
 NAME = "eval-throughput"
 DESCRIPTION = "PGD-20 evaluation of small-cnn on the MNIST test set vs 21 forward-backward passes"

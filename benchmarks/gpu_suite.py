@@ -32,8 +32,9 @@ import argparse
 import json
 import sys
 import time
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_CONFIG = ROOT / "configs" / "cifar10-fast.toml"
@@ -130,7 +131,7 @@ def plot(results: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fastadv.checkpoint import atomic_write
+    from fastadv.io import atomic_write
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     for r in results:
@@ -243,8 +244,8 @@ def main(argv=None) -> int:
         for p in split(args.src, args.out_dir):
             print(p)
         return 0
+    from fastadv.core.perf import resolve_device
     from fastadv.errors import UserError
-    from fastadv.trainer import resolve_device
 
     try:
         device = resolve_device(args.device)

@@ -2,7 +2,7 @@
 
 The floor of adversarial training in forward-backward computations per minibatch: a Free-m
 replay 1, FGSM-RS 2, PGD-K K+1. This benchmark measures how close fastadv's real step
-functions (``fastadv.methods``, with their ``StepContext``, schedules and precision) come to
+functions (``fastadv.core.methods``, with their ``StepContext``, schedules and precision) come to
 it. The unit is a plain PyTorch clean step written out here (zero_grad, forward, cross
 entropy, backward, optimizer step) on the same model, optimizer and batch. Methods are
 timed round-robin in one process, ``steps`` steps per block; the ratio of a round is the
@@ -18,14 +18,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fastadv import perf, schedules
-from fastadv.config import TrainConfig
-from fastadv.methods import METHODS, StepContext
+from benchmarks._common import PeakMemory, median, shaped_setup, spread, sync, table
+from fastadv.core import perf
+from fastadv.core.methods import METHODS, StepContext
+from fastadv.core.precision import make_precision
 from fastadv.models import build_model
-from fastadv.precision import make_precision
-from fastadv.trainer import hyperparam_setter, make_optimizer
-
-from benchmarks._common import PeakMemory, median, spread, sync, table
 
 NAME = "step-cost"
 DESCRIPTION = "time per training step of each method over one clean forward-backward step"
@@ -48,15 +45,14 @@ METHOD_ROWS = [
 TOLERANCE = 1.05  # targets: floor * 1.05, except fgsm-rs whose target is 2.1 (the same)
 
 
-def make_context(model, method: str, attack_steps: int, eps: float, device, precision: str) -> StepContext:
-    """A StepContext as the trainer builds it (SGD, 1cycle LR and its setter, an attack RNG)."""
-    cfg = TrainConfig(method=method, optimizer="sgd", lr_max=0.01)
-    optimizer = make_optimizer(cfg, model)
-    lr_fn = schedules.build(cfg.lr_schedule, 10**6, lr_max=cfg.lr_max)
-    mom_fn = schedules.build_momentum(cfg.momentum_schedule, 10**6, momentum=cfg.momentum)
-    alpha = METHODS[method].default_alpha(eps, attack_steps)
-    return StepContext(model, optimizer, eps, alpha, REPLAYS, attack_steps, hyperparam_setter(optimizer, lr_fn, mom_fn),
-                       torch.Generator(device=device).manual_seed(1), precision=make_precision(precision, device))
+def make_context(setup, method: str, attack_steps: int, device, precision: str, channels_last: bool) -> StepContext:
+    """The StepContext a run of ``method`` gets (``fastadv.training.build``: SGD, 1cycle LR and its setter, an
+    attack RNG), on the setup's net with the same initial weights for every method (seed 0)."""
+    label, model_name, channels, size, batch, eps = setup[:6]
+    s = shaped_setup(model_name, channels, size, device, method=method, attack_steps=attack_steps, eps=eps,
+                     replays=REPLAYS, batch_size=batch, optimizer="sgd", lr_max=0.01, precision=precision,
+                     channels_last=channels_last, seed=0)
+    return s.ctx
 
 
 def time_block(fn, steps: int, device) -> float:
@@ -92,7 +88,7 @@ def measure_setup(setup, device, *, rounds: int, steps: int, channels_last: bool
 
     runners = {}
     for row_label, method, k, floor in METHOD_ROWS:
-        ctx = make_context(copy.deepcopy(base), method, k, eps, device, precision)
+        ctx = make_context(setup, method, k, device, precision, channels_last)
         step = METHODS[method].step
         runners[row_label] = (lambda ctx=ctx, step=step: step(ctx, x, y), floor,
                               REPLAYS if method == "free" else 1, method, k)
@@ -154,8 +150,8 @@ def run(device: torch.device, quick: bool = False, log=print, setups=None, **_) 
                    r["ratio"], f"{r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}",
                    r["target"], {True: "yes", False: "NO", None: ""}[r["meets"]], r["memory"]["rss_peak_mb"]]
                   for r in rows])
-    text += (f"\nratio = method's time per step (free: per replay) / clean fwd-bwd-update step, same model, "
-             f"batch and layout; median over interleaved rounds ("
+    text += ("\nratio = method's time per step (free: per replay) / clean fwd-bwd-update step, same model, "
+             "batch and layout; median over interleaved rounds ("
              + ", ".join(f"{s[1]}: {s[7 if quick else 6][0]} rounds of {s[7 if quick else 6][1]} steps" for s in setups)
              + ")")
     return {"name": NAME, "rows": rows, "table": text}
@@ -165,7 +161,8 @@ def profile(method_label: str = "free (per replay, m=4)", setup_index: int = 0, 
             channels_last: bool = False, row_limit: int = 12) -> str:
     """torch.profiler tables (CPU time per op) of the clean unit step and one method's step, to see
     where a ratio above its floor comes from. ``python -m benchmarks.step_cost --profile free``."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     label, model_name, channels, size, batch, eps = SETUPS[setup_index][:6]
     row = next(r for r in METHOD_ROWS if r[0] == method_label or r[1] == method_label)

@@ -32,14 +32,13 @@ import torch
 import torch.nn.functional as F
 
 import fastadv
-from fastadv import perf
+from benchmarks._common import PeakMemory, median, spread, sync, table
+from fastadv.core import perf
+from fastadv.core.methods import METHODS
+from fastadv.core.precision import make_precision
 from fastadv.data import batches, batches_per_epoch
 from fastadv.evaluation import AttackSpec, evaluate
-from fastadv.methods import METHODS
 from fastadv.models import build_model
-from fastadv.precision import make_precision
-
-from benchmarks._common import PeakMemory, median, spread, sync, table
 
 NAME = "time-to-robust"
 DESCRIPTION = "wall time to 88% PGD-20 (eps 0.3) on MNIST: fastadv's recipe vs Wong et al.'s FGSM recipe"

@@ -12,7 +12,7 @@ import json
 import math
 import re
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,68 +23,86 @@ class ConfigError(UserError, ValueError):
     """A bad configuration value; the message is one line meant for the user."""
 
 
+def option(default: Any, help: str):
+    """A config field: its default and the one line ``--help`` shows (read from the field's metadata)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # --- recipe
-    preset: str | None = None  # a preset whose values sit under these (fastadv.presets; fastadv train picks one by dataset); none = off
+    preset: str | None = option(None, "a preset whose values sit under these (fastadv.presets; fastadv train picks "
+                                      "one by dataset); none = off")
     # --- data and model
-    dataset: str = "mnist"  # registry name: see fastadv.data.DATASETS
-    data_dir: str | None = None  # looked up first, then $FASTADV_DATA, then ~/.cache/fastadv
-    download: bool = True  # torchvision download into ~/.cache/fastadv when nothing is found
-    model: str = "small-cnn"  # registry name: see fastadv.models.MODELS
-    width: int = 10  # wide-resnet only: width factor
-    depth: int = 34  # wide-resnet only: depth (32 gives Free-m's WRN-32-10 layout)
-    augment: bool | None = None  # crop+flip on the device; None = dataset default (CIFAR yes)
-    train_limit: int = 0  # use only the first N training images (0 = all)
+    dataset: str = option("mnist", "registry name: see fastadv.data.DATASETS")
+    data_dir: str | None = option(None, "looked up first, then $FASTADV_DATA, then ~/.cache/fastadv")
+    download: bool = option(True, "torchvision download into ~/.cache/fastadv when nothing is found")
+    model: str = option("small-cnn", "a fastadv.models.MODELS name, torchvision:NAME or timm:NAME")
+    width: int = option(10, "wide-resnet only: width factor")
+    depth: int = option(34, "wide-resnet only: depth (32 gives Free-m's WRN-32-10 layout)")
+    augment: bool | None = option(None, "crop+flip on the device; None = dataset default (CIFAR yes)")
+    train_limit: int = option(0, "use only the first N training images (0 = all)")
     # --- adversary (pixel units on [0,1]; "8/255" accepted)
-    method: str = "free"  # standard | free | fgsm-rs | fgsm | n-fgsm | pgd
-    eps: float | None = None  # L-inf radius; None = dataset standard (MNIST 0.3, CIFAR 8/255)
-    alpha: float | None = None  # attack step; None = method default (free, fgsm, n-fgsm: eps; fgsm-rs: 1.25 eps)
-    replays: int = 8  # Free-m's m: times each minibatch is replayed
-    attack_steps: int = 7  # PGD training's K
-    noise: float = 2.0  # n-fgsm only: uniform noise radius in multiples of eps (the paper's k = 2)
-    eps_warmup: float = 0.0  # fraction of training over which eps and alpha ramp up from 0
+    method: str = option("free", "standard | free | fgsm-rs | fgsm | n-fgsm | pgd")
+    eps: float | None = option(None, "L-inf radius; None = dataset standard (MNIST 0.3, CIFAR 8/255)")
+    alpha: float | None = option(None, "attack step; None = method default (free, fgsm, n-fgsm: eps; fgsm-rs: 1.25 "
+                                       "eps)")
+    replays: int = option(8, "Free-m's m: times each minibatch is replayed")
+    attack_steps: int = option(7, "PGD training's K")
+    noise: float = option(2.0, "n-fgsm only: uniform noise radius in multiples of eps (the paper's k = 2)")
+    eps_warmup: float = option(0.0, "fraction of training over which eps and alpha ramp up from 0")
     # --- optimisation
-    epochs: float = 10.0  # passes over the training data (Free-m: real passes, not replays)
-    iterations: int = 0  # total optimizer steps, Free-m replays included (the thesis' unit); > 0 overrides epochs
-    batch_size: int = 128
-    optimizer: str = "sgd"  # sgd | adam
-    lr_schedule: str = "one-cycle"  # schedule spec "name:key=value,..."; see fastadv.schedules
-    lr_max: float | None = 0.1  # peak learning rate the schedule scales; "auto" = LR range test first (fastadv.finder)
-    momentum_schedule: str = "constant"  # constant | one-cycle (the inverse 0.95-0.85 mirror)
-    momentum: float = 0.9  # SGD momentum, or Adam beta1, for the constant schedule
-    nesterov: bool = False
-    weight_decay: float = 2e-4
+    epochs: float = option(10.0, "passes over the training data (Free-m: real passes, not replays)")
+    iterations: int = option(0, "total optimizer steps, Free-m replays included (the thesis' unit); > 0 overrides "
+                                "epochs")
+    batch_size: int = option(128, "minibatch size (the global batch under torchrun)")
+    optimizer: str = option("sgd", "sgd | adam")
+    lr_schedule: str = option("one-cycle", "schedule spec name:key=value,...; fastadv schedule --list names them")
+    lr_max: float | None = option(0.1, "peak learning rate the schedule scales; auto = LR range test first "
+                                       "(fastadv.training.finder)")
+    momentum_schedule: str = option("constant", "constant | one-cycle (the inverse 0.95-0.85 mirror)")
+    momentum: float = option(0.9, "SGD momentum, or Adam beta1, for the constant schedule")
+    nesterov: bool = option(False, "Nesterov momentum (SGD)")
+    weight_decay: float = option(2e-4, "L2 weight decay on conv and linear weights (not on biases and BN)")
     # --- speed
-    precision: str = "auto"  # fp32 | bf16 | fp16 (GradScaler on CUDA) | auto (bf16 on CUDA and on CPUs with native bf16, else fp32 / fp16)
-    channels_last: bool | None = None  # NHWC layout for model and batches; None = auto (on for CPU and CUDA: faster convolutions)
-    compile: bool = False  # torch.compile the model for training (first steps pay the compilation)
+    precision: str = option("auto", "fp32 | bf16 | fp16 (GradScaler on CUDA) | auto (bf16 on CUDA and on CPUs with "
+                                    "native bf16, else fp32 / fp16)")
+    channels_last: bool | None = option(None, "NHWC layout for model and batches; None = auto (on for CPU and CUDA: "
+                                              "faster convolutions)")
+    compile: bool = option(False, "torch.compile the model for training (first steps pay the compilation)")
 
     # --- evaluation
-    eval_every: int = 0  # optimizer steps between held-out checks (0 = about 10 per run)
-    eval_size: int = 1000  # fixed held-out test points for the periodic check
-    eval_attack_steps: int = 10  # PGD steps of the periodic check (step eps/4, 1 restart)
-    final_attack_steps: int = 20  # final PGD-K on the test set (the thesis' PGD-20)
-    final_restarts: int = 1
-    final_alpha: float | None = None  # None = eps/4
-    final_limit: int = 0  # final evaluation on the first N test points (0 = all)
-    final_aa_points: int = 1000  # AA-lite (worst case of the final PGD, APGD-CE, APGD-T) on the first N test points (0 = off)
-    final_aa_targets: int = 3  # APGD-T target classes in AA-lite (AutoAttack standard: 9; 0 = APGD-CE only); cost ~ targets x 100 passes per robust point
-    eval_batch_size: int = 500
+    eval_every: int = option(0, "optimizer steps between held-out checks (0 = about 10 per run)")
+    eval_size: int = option(1000, "fixed held-out test points for the periodic check")
+    eval_attack_steps: int = option(10, "PGD steps of the periodic check (step eps/4, 1 restart)")
+    final_attack_steps: int = option(20, "final PGD-K on the test set (the thesis' PGD-20)")
+    final_restarts: int = option(1, "restarts of the final PGD (per-example worst case kept)")
+    final_alpha: float | None = option(None, "None = eps/4")
+    final_limit: int = option(0, "final evaluation on the first N test points (0 = all)")
+    final_aa_points: int = option(1000, "AA-lite (worst case of the final PGD, APGD-CE, APGD-T) on the first N test "
+                                        "points (0 = off)")
+    final_aa_targets: int = option(3, "APGD-T target classes in AA-lite (AutoAttack standard: 9; 0 = APGD-CE only); "
+                                      "cost ~ targets x 100 passes per robust point")
+    eval_batch_size: int = option(500, "batch size of every evaluation")
 
     # --- safety: resume checkpoints, catastrophic-overfitting guard
-    checkpoint_every: int = 0  # optimizer steps between resume checkpoints (0 = at held-out checks and every 4 min)
-    co_guard: bool | None = None  # catastrophic-overfitting guard; None = on for single-step methods (fgsm-rs, free)
-    co_drop: float = 0.2  # guard trips when held-out PGD accuracy falls by more than this while clean accuracy rises
-    co_remedy: str = "alpha"  # after restoring the last good weights: stop | alpha | lr (scaled by co_factor)
-    co_factor: float = 0.5  # what the alpha and lr remedies multiply their value by
+    checkpoint_every: int = option(0, "optimizer steps between resume checkpoints (0 = at held-out checks and every 4 "
+                                      "min)")
+    co_guard: bool | None = option(None, "catastrophic-overfitting guard; None = on for single-step methods (fgsm-rs, "
+                                         "free)")
+    co_drop: float = option(0.2, "guard trips when held-out PGD accuracy falls by more than this while clean accuracy "
+                                 "rises")
+    co_remedy: str = option("alpha", "after restoring the last good weights: stop | alpha | lr (scaled by co_factor)")
+    co_factor: float = option(0.5, "what the alpha and lr remedies multiply their value by")
+    stop_if_not_learning: bool = option(True, "stop (exit 1) when held-out clean accuracy is within 5 points of "
+                                              "chance after 25% of the budget")
 
     # --- run
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    out_dir: str = "runs"
-    name: str | None = None  # run directory name; None = generated from the config
-    progress: bool = True  # tqdm progress bar
+    seed: int = option(0, "seed of weights, data order and attack random starts")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
+    out_dir: str = option("runs", "folder that holds the run directories")
+    name: str | None = option(None, "run directory name; None = generated from the config")
+    progress: bool = option(True, "tqdm progress bar")
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -118,7 +136,7 @@ class TrainConfig:
         """Check each value on its own (ranges, finiteness, formats); raise ConfigError naming the first bad one.
 
         Checks that need the registries (names, schedule specs, model arguments) are in
-        ``check_config``; checks that need the data (image size) happen when the model is built.
+        ``fastadv.training.setup.check_config``; those that need the data when the model is built.
         """
         hints = typing.get_type_hints(type(self))
         for f in fields(self):  # values built without from_dict (e.g. TrainConfig(eps=nan)) too
@@ -177,7 +195,7 @@ class TrainConfig:
         return self
 
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # fastadv.precision: autocast dtypes, auto = by device
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # fastadv.core.precision: autocast dtypes, auto = by device
 INT_MIN, INT_MAX = -2**63, 2**63 - 1  # what torch and NumPy accept as an integer argument
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number (e.g. 0.3 or 8/255)", str: "a string"}
@@ -310,103 +328,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-# ----------------------------------------------------------------------------- checks needing registries
-def check_config(cfg: TrainConfig) -> None:
-    """Everything that can be checked before any data is read: registry names (with the valid
-    ones), schedule specs (parameter types, contradictions, the values they produce), the model's
-    own arguments (e.g. wide-resnet depth), and that a given ``data_dir`` exists.
-    Raises ConfigError with one line.
-    """
-    from fastadv.data import DATASETS, unknown_name
-    from fastadv.methods import METHODS
-    from fastadv.models import MODELS
-
-    for kind, name, registry in (("dataset", cfg.dataset, DATASETS), ("model", cfg.model, MODELS),
-                                 ("method", cfg.method, METHODS)):
-        if name not in registry:
-            raise ConfigError(unknown_name(kind, name, registry))
-    check_schedules(cfg)
-    check_model_args(cfg)
-    if cfg.data_dir is not None and not Path(cfg.data_dir).expanduser().is_dir():
-        raise ConfigError(f"data_dir not found: {cfg.data_dir}")
-
-
-SCHEDULE_SAMPLES = 1000  # steps at which a schedule is evaluated to check its values
-
-
-def check_schedules(cfg: TrainConfig) -> None:
-    """Build both schedules; their parameters must have the right types and values in range.
-
-    The LR must be finite and >= 0 everywhere and > 0 somewhere; momentum (Adam: beta1) in [0, 1).
-    Values are checked at SCHEDULE_SAMPLES + 1 evenly spaced points of training.
-    """
-    from fastadv import schedules
-
-    for field, spec, registry, build in (
-            ("lr_schedule", cfg.lr_schedule, schedules.SHAPES,  # lr_max None = "auto", found by the range test
-             lambda: schedules.build(cfg.lr_schedule, SCHEDULE_SAMPLES, lr_max=cfg.lr_max or 1.0)),
-            ("momentum_schedule", cfg.momentum_schedule, schedules.MOMENTUM_SHAPES,
-             lambda: schedules.build_momentum(cfg.momentum_schedule, SCHEDULE_SAMPLES, lr_spec=cfg.lr_schedule,
-                                              momentum=cfg.momentum))):
-        check_spec_types(field, spec, registry)
-        fn = build()
-        try:
-            values = [fn(step) for step in range(SCHEDULE_SAMPLES + 1)]
-        except (TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:
-            raise ConfigError(f"{field} {spec!r} cannot be evaluated: {first_line(exc)}") from None
-        bad = next((v for v in values if not math.isfinite(v)), None)
-        if bad is not None:
-            raise ConfigError(f"{field} {spec!r} gives a non-finite value ({bad})")
-        if field == "lr_schedule" and (min(values) < 0 or max(values) <= 0):
-            raise ConfigError(f"lr_schedule {spec!r} gives learning rates from {min(values):.3g} to "
-                              f"{max(values):.3g}; they must be >= 0 and not all 0")
-        if field == "momentum_schedule" and not (0 <= min(values) and max(values) < 1):
-            raise ConfigError(f"momentum_schedule {spec!r} gives momenta from {min(values):.3g} to "
-                              f"{max(values):.3g}; they must be in [0, 1)")
-
-
-def check_spec_types(field: str, spec: str, registry: dict) -> None:
-    """A spec parameter whose default is a number must be given a number ('peak=abc' is an error)."""
-    import inspect
-
-    from fastadv import schedules
-
-    name, params = schedules.parse_spec(spec)
-    if name not in registry:
-        return  # build() names the valid shapes
-    signature = inspect.signature(registry[name]).parameters
-    for key, value in params.items():
-        if key not in signature:
-            continue  # build() names the valid parameters
-        default, annotation = signature[key].default, str(signature[key].annotation)
-        numeric = (isinstance(default, (int, float)) and not isinstance(default, bool)) or annotation in (
-            "float", "int", "float | None", "int | None")
-        if numeric and not isinstance(value, float):
-            raise ConfigError(f"{field} {spec!r}: {key} expects a number, got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{field} {spec!r}: {key} must be a finite number, got {value}")
-
-
-def check_model_args(cfg: TrainConfig, data=None) -> None:
-    """Build the model on PyTorch's meta device (no memory, no compute) and run one image through it,
-    so bad arguments (wide-resnet depth 5) or, given the ``data`` (a Dataset), images too small for
-    the net fail as ConfigError before any work. Without data a 3 x 32 x 32 image is used.
-    """
-    import torch
-
-    from fastadv.models import build_model
-
-    channels, size, classes = (data.channels, data.size, data.num_classes) if data is not None else (3, 32, 10)
-    try:
-        with torch.device("meta"):
-            model = build_model(cfg.model, num_classes=classes, channels=channels, size=size,
-                                depth=cfg.depth, width=cfg.width)
-            model.eval()(torch.zeros(1, channels, size, size))
-    except (ValueError, RuntimeError, TypeError) as exc:
-        where = f" for {data.name}'s {channels}x{size}x{size} images" if data is not None else ""
-        raise ConfigError(f"model {cfg.model!r} cannot be built{where}: {first_line(exc)}") from None
-
-
 # Each dataset's standard threat model, used when eps is not given.
 DEFAULT_EPS = {"mnist": 0.3, "digits": 0.3, "fashion-mnist": 0.1, "synthetic": 0.1}
 CIFAR_EPS = 8 / 255
@@ -419,5 +340,4 @@ def resolve_eps(cfg: TrainConfig) -> float:
     return DEFAULT_EPS.get(cfg.dataset, CIFAR_EPS)
 
 
-__all__ = ["TrainConfig", "ConfigError", "parse_number", "read_config_file", "resolve_eps", "check_config",
-           "check_model_args"]
+__all__ = ["TrainConfig", "ConfigError", "parse_number", "read_config_file", "resolve_eps"]

@@ -291,7 +291,7 @@ def batches(x_u8: torch.Tensor, y: torch.Tensor, batch_size: int, *, generator: 
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One pass over the data: slices of a random permutation, as float [0,1] batches.
 
-    ``shard(n)`` (``fastadv.distributed.rows`` under DDP) picks this process's rows of each global
+    ``shard(n)`` (``fastadv.core.distributed.rows`` under DDP) picks this process's rows of each global
     batch of n, after augmentation, so every process draws the same random numbers; a batch whose
     shard is empty is skipped.
     """

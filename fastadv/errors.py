@@ -14,3 +14,7 @@ def first_line(exc: BaseException) -> str:
     """An exception's message cut to its first non-empty line (its type's name when it has none)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A weights file, checkpoint or run directory that cannot be loaded; one line for the user."""

@@ -11,9 +11,10 @@ No torch here: the config layer names a device type ("cpu", "cuda", ...) as a st
 """
 from __future__ import annotations
 
-import tomllib
 from importlib import resources
 from typing import Any, Mapping
+
+import tomllib
 
 # name -> (file in fastadv/recipes, what it is): the table `fastadv train --help` prints
 PRESETS: dict[str, tuple[str, str]] = {

@@ -24,9 +24,7 @@ def synthetic():
 @pytest.fixture(scope="session")
 def robust_mnist_run(mnist, tmp_path_factory):
     """The demo recipe (PGD-3 with an eps ramp) on 20,000 MNIST images for 3 epochs: a robust small-cnn."""
-    from fastadv.demo import DEMO_CONFIG
-
-    cfg = {**DEMO_CONFIG, "epochs": 3, "train_limit": 20000, "final_limit": 1000, "name": "robust-fixture",
+    cfg = {"preset": "mnist", "epochs": 3, "train_limit": 20000, "final_limit": 1000, "name": "robust-fixture",
            "out_dir": str(tmp_path_factory.mktemp("runs")), "progress": False, "seed": 0}
     return fastadv.train(cfg, data=mnist)
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import fastadv
-from fastadv.attacks import ATTACKS, fgsm, pgd
+from fastadv.core.attacks import ATTACKS, fgsm, pgd
 
 EPS = 0.1
 ATTACK_KWARGS = {
@@ -190,7 +190,7 @@ def test_aa_lite_is_a_worst_case_that_only_attacks_what_is_left(robust_mnist_run
 
 def test_apgd_attacks_stay_in_the_ball_and_leave_the_global_rng_alone(trained):
     pytest.importorskip("pyautoattack")
-    from fastadv.attacks import apgd_ce, apgd_t
+    from fastadv.core.attacks import apgd_ce, apgd_t
 
     model, x, y = trained
     model.eval()

@@ -12,6 +12,7 @@ import pytest
 from fastadv.cli import main
 from fastadv.config import ConfigError, TrainConfig
 
+
 @pytest.mark.parametrize("argv,message", [
     (["eval", "no/such/run"], "no such run directory or weights file"),
     (["eval", "RUN", "--steps", "0"], "--steps must be >= 1"),

@@ -18,14 +18,14 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 import fastadv
-from fastadv import distributed
-from fastadv.checkpoint import model_from_arch
 from fastadv.cli import main
 from fastadv.config import ConfigError
+from fastadv.core import distributed
+from fastadv.core.methods import METHODS, StepContext
 from fastadv.data import batches
-from fastadv.methods import METHODS, StepContext
 from fastadv.models import build_model
-from fastadv.trainer import seed_everything
+from fastadv.models.store import model_from_arch
+from fastadv.training.setup import seed_everything
 
 
 # ----------------------------------------------------------------------------- sharding (no processes)

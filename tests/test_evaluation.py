@@ -10,7 +10,7 @@ import torch
 
 from fastadv.cli import main
 from fastadv.evaluation import PRESETS, AttackSpec, EvalReport, evaluate, evaluate_suite
-from fastadv.sanity import CheckResult
+from fastadv.evaluation.sanity import CheckResult
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_attack_spec_descriptions_and_presets():
 
 
 def test_render_says_when_a_number_is_not_trusted(small):
-    from fastadv.commands.eval import render
+    from fastadv.cli.commands.eval import render
 
     model, data = small
     report = evaluate_suite(model, data, [AttackSpec("fgsm", eps=0.05)], sanity=False)

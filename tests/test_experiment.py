@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from fastadv import schedules
 from fastadv.cli import main
 from fastadv.config import ConfigError, TrainConfig
-from fastadv.experiment import GridRun, plan_grid, run_grid, strip_seed, thesis_name
+from fastadv.core import schedules
+from fastadv.experiments.grid import GridRun, plan_grid, run_grid
+from fastadv.naming import strip_seed, thesis_name
 
 ROOT = Path(__file__).resolve().parents[1]
 THESIS_DIR = ROOT / "configs" / "thesis"
@@ -193,13 +194,13 @@ def test_grid_killed_and_rerun_finishes_without_redoing(tmp_path):
     proc.wait()
     finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
     assert 2 <= len(finished) < 4
-    partial = [d for d in out.iterdir() if not (d / "summary.json").exists()]
+    partial = [d for d in out.iterdir() if d.is_dir() and not (d / "summary.json").exists()]
 
     rerun = subprocess.run(_grid_cmd(cfgs, out), cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     after = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
-    assert len(after) == 4 and sorted(d.name for d in out.iterdir()) == sorted(after)  # no '-2' copies
+    assert len(after) == 4 and sorted(d.name for d in out.iterdir() if d.is_dir()) == sorted(after)  # no "-2" copies
     assert all(after[n] == t for n, t in finished.items())  # finished runs untouched
     assert f"trained {4 - len(finished)}, skipped {len(finished)} finished, 0 failed" in rerun.stdout
     assert "resuming" in rerun.stdout + rerun.stderr  # the interrupted run went on from its checkpoint
@@ -219,7 +220,7 @@ def test_grid_dataclass_reports_state(tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from fastadv.experiment import grid_lock
+from fastadv.experiments.grid import grid_lock
 with grid_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)

@@ -13,7 +13,7 @@ import torch
 
 import fastadv
 from fastadv.cli import main
-from fastadv.export import export_checkpoint
+from fastadv.models.export import export_checkpoint
 
 
 def accuracy(model, x, y) -> float:
@@ -70,7 +70,7 @@ def test_safetensors_export_round_trips(robust_mnist_run, mnist, tmp_path):
 
 def test_export_of_a_synthetic_model(synthetic, tmp_path):
     """Round trip without real data: a fresh small-cnn saved as a run, exported in both formats."""
-    from fastadv.checkpoint import save_weights
+    from fastadv.models.store import save_weights
 
     arch = {"model": "small-cnn", "num_classes": 10, "channels": 1, "size": 16, "mean": list(synthetic.mean),
             "std": list(synthetic.std), "depth": 34, "width": 10, "dataset": "synthetic"}

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import fastadv
-from fastadv import finder
 from fastadv.cli import main
 from fastadv.config import ConfigError, TrainConfig
 from fastadv.data import batches
 from fastadv.models import build_model
+from fastadv.training import finder
 
 QUICK = {"dataset": "synthetic", "model": "small-cnn", "batch_size": 64, "progress": False, "eps": 0.1,
          "method": "fgsm-rs"}
@@ -30,12 +30,12 @@ def test_sweep_spans_six_orders_by_default():
 
 
 def test_smoothing_is_bias_corrected_ema():
-    assert finder.smooth([2.0] * 10, 0.98) == pytest.approx([2.0] * 10)  # no pull towards 0 at the start
+    assert smooth([2.0] * 10, 0.98) == pytest.approx([2.0] * 10)  # no pull towards 0 at the start
     losses = [3.0, 1.0, 2.0]
     b = 0.9
     avg = [0.1 * 3.0, 0.9 * 0.3 + 0.1 * 1.0]
     avg.append(0.9 * avg[1] + 0.1 * 2.0)
-    assert finder.smooth(losses, b) == pytest.approx([a / (1 - b ** (i + 1)) for i, a in enumerate(avg)])
+    assert smooth(losses, b) == pytest.approx([a / (1 - b ** (i + 1)) for i, a in enumerate(avg)])
 
 
 def test_suggestions_on_a_known_curve():

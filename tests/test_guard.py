@@ -7,9 +7,12 @@ import json
 import pytest
 
 import fastadv
-from fastadv.evaluation import EvalResult
-from fastadv.trainer import REMEDIES, Guard, LoopState, checkpoint_due, make_guard
+from fastadv.cli import main
 from fastadv.config import TrainConfig
+from fastadv.evaluation import EvalResult
+from fastadv.training.checkpoint import checkpoint_due
+from fastadv.training.guard import REMEDIES, Guard, make_guard
+from fastadv.training.state import LoopState
 
 
 def check(clean: float, robust: float) -> EvalResult:
@@ -125,3 +128,33 @@ def test_guard_catches_a_real_catastrophic_overfitting(mnist, tmp_path):
     assert events and events[0]["event"] == "catastrophic_overfitting"
     assert on.summary["status"] == "stopped by the overfitting guard"
     assert on.summary["robust_acc"] > off.summary["robust_acc"] + 0.08, (on.summary, off.summary)
+
+
+# ----------------------------------------------------------------------------- not learning
+DEAD = {"dataset": "mnist", "preset": "none", "epochs": 1, "train_limit": 20000, "eval_size": 500,
+        "final_limit": 500, "final_aa_points": 0, "progress": False}  # the old defaults: Free-8, SGD, LR 0.1, eps 0.3
+
+
+def test_a_run_stuck_at_chance_stops_early_with_one_line_and_keeps_its_checkpoint(mnist, tmp_path, capsys):
+    """The measured dead case: `fastadv train --dataset mnist` with the old defaults (Free-8, SGD, LR 0.1 at
+    eps 0.3) trained 478 s to 11.35% clean. At a small budget it must stop after a quarter of it."""
+    from fastadv.training.checkpoint import CHECKPOINT_DIR, list_checkpoints
+    from fastadv.training.guard import NotLearning
+
+    with pytest.raises(NotLearning, match="not learning: held-out clean accuracy"):
+        fastadv.train({**DEAD, "out_dir": str(tmp_path), "name": "dead"}, data=mnist)
+    run = tmp_path / "dead"
+    summary = json.loads((run / "summary.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    assert summary["status"] == "not learning" and summary["clean_acc"] is None
+    assert 0.25 * config["total_steps"] <= summary["steps"] < 0.6 * config["total_steps"]
+    newest = list_checkpoints(run / CHECKPOINT_DIR)[0]
+    assert summary["last_checkpoint"] == newest.name == f"step-{summary['steps']:09d}.pt"
+    assert "lr_max too high" in summary["message"] and "Free-m at MNIST's eps 0.3" in summary["message"]
+    code = main(["train", *[f"--{k.replace('_', '-')}={v}" for k, v in DEAD.items() if k != "progress"],
+                 "--no-progress", "--out-dir", str(tmp_path), "--name", "dead-cli"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("fastadv train: stopped: not learning")
+    on = fastadv.train({**DEAD, "epochs": 0.3, "stop_if_not_learning": False, "out_dir": str(tmp_path), "name": "on"},
+                       data=mnist)
+    assert on.summary["status"] == "completed"  # the flag turns the stop off

@@ -7,7 +7,8 @@ import torch
 from fastadv.models import MODELS, Normalize, build_model
 
 SHAPES = {"small-cnn": [(1, 28), (3, 32)], "preact-resnet18": [(3, 32)], "wide-resnet": [(3, 32)],
-          "fast-cnn": [(3, 32), (1, 28)], "airbench": [(3, 32), (1, 28)]}
+          "fast-cnn": [(3, 32), (1, 28)], "airbench": [(3, 32), (1, 28)],
+          "airbench-half": [(3, 32), (1, 16)]}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -48,7 +49,7 @@ def test_normalization_is_in_the_state_dict(tmp_path):
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError, match="valid: airbench, fast-cnn, preact-resnet18, small-cnn, wide-resnet"):
+    with pytest.raises(ValueError, match="valid: airbench, airbench-half, fast-cnn, preact-resnet18, small-cnn, wide-resnet"):
         build_model("vgg")
 
 

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 import fastadv
-from fastadv import perf
-from fastadv.methods import METHODS, StepContext
+from fastadv.core import perf
+from fastadv.core.methods import METHODS, StepContext
+from fastadv.core.precision import make_precision
 from fastadv.models import build_model
-from fastadv.precision import make_precision
 
 CUDA = torch.cuda.is_available()
 

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from fastadv.config import ConfigError
-from fastadv.methods import METHODS, StepContext
+from fastadv.core.methods import METHODS, StepContext
+from fastadv.core.precision import Precision, make_precision, resolve_mode
 from fastadv.models import build_model
-from fastadv.precision import Precision, make_precision, resolve_mode
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (fp16 GradScaler and CUDA autocast)")
@@ -38,7 +38,7 @@ def test_fp32_is_plain_autograd():
 
 
 def test_auto_is_bf16_on_a_cpu_with_native_bf16_and_fp32_without(monkeypatch):
-    from fastadv import precision
+    from fastadv.core import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert resolve_mode("auto", torch.device("cpu")) == "bf16"
@@ -54,7 +54,7 @@ def test_native_bf16_detection_agrees_with_the_cpu_flags():
         flags = open("/proc/cpuinfo").read()
     except OSError:
         pytest.skip("no /proc/cpuinfo to compare with")
-    from fastadv.precision import cpu_has_native_bf16
+    from fastadv.core.precision import cpu_has_native_bf16
 
     listed = any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
     assert cpu_has_native_bf16() == listed

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from importlib import resources
 
 import pytest
+import tomllib
 import torch
 
 import fastadv

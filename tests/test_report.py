@@ -13,9 +13,18 @@ import pytest
 
 import fastadv
 from fastadv.cli import main
-from fastadv.experiment import thesis_name
-from fastadv.report import (ema, first_reaching, group_runs, load_runs, pick_baseline, resolve_target,
-                            schedule_values, table_rows, write_report)
+from fastadv.experiments.report import (
+    ema,
+    first_reaching,
+    group_runs,
+    load_runs,
+    pick_baseline,
+    resolve_target,
+    schedule_values,
+    table_rows,
+    write_report,
+)
+from fastadv.naming import thesis_name
 
 BASE = {"dataset": "synthetic", "method": "free", "replays": 2, "eval_every": 4, "eval_size": 64,
         "final_limit": 128, "lr_max": 0.05, "progress": False}
@@ -136,6 +145,23 @@ def test_schedule_values_match_logged_lr(toy_runs):
         logged = dict(zip(r.curves["step"].astype(int) - 1, r.curves["lr"]))  # the LR of the last step taken
         for s, value in logged.items():
             assert lr[np.searchsorted(steps, s)] == pytest.approx(value, rel=1e-4)
+
+
+@pytest.mark.parametrize("lr_schedule,momentum_schedule,peak", [
+    ("one-cycle:peak=0.3", "one-cycle", 0.3), ("one-cycle-tf:end_cycle=0.8", "one-cycle", 0.4),
+    ("cyclical:cycles=2", "cyclical", 0.25)])
+def test_report_draws_a_mirrored_momentum_where_the_trainer_has_it(lr_schedule, momentum_schedule, peak):
+    """The momentum mirror follows the LR spec's peak / cycles: the report draws it from the same function
+    the trainer uses (it used to rebuild the momentum without the LR spec, so its trough sat at 45%)."""
+    from fastadv.core import schedules
+
+    total = 1000
+    config = {"total_steps": total, "lr_schedule": lr_schedule, "lr_max": 0.1, "momentum_schedule": momentum_schedule,
+              "momentum": 0.9}
+    steps, lr, momentum = schedule_values(config, points=total + 1)
+    trained = schedules.build_momentum(momentum_schedule, total, lr_spec=lr_schedule, momentum=0.9)
+    assert np.allclose(momentum, [trained(int(s)) for s in steps])
+    assert steps[int(np.argmin(momentum))] == round(peak * total) == steps[int(np.argmax(lr))]
 
 
 def test_report_cli_errors(tmp_path, capsys, toy_runs):

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import without_timings
 
 import fastadv
-from fastadv.checkpoint import CHECKPOINT_DIR, KILL_HOOK, CheckpointError, list_checkpoints
 from fastadv.cli import main
 from fastadv.data import BatchStream, batches
-
-from helpers import without_timings
+from fastadv.errors import CheckpointError
+from fastadv.training.checkpoint import CHECKPOINT_DIR, KILL_HOOK, list_checkpoints
 
 # Tiny synthetic runs: 512 images, batch 32, 2 epochs = 32 minibatches; a checkpoint every
 # 4 optimizer steps and a held-out check every 6, so kills land between, on and in checkpoints.
@@ -255,3 +255,49 @@ def test_batch_stream_resumes_mid_epoch(synthetic):
     other = BatchStream(x, y, 16, generator=torch.Generator().manual_seed(99), augment=True)
     other.load_state_dict(state)
     assert same([next(other) for _ in range(4)], rest)
+
+
+# ----------------------------------------------------------------------------- clean interrupts
+def test_sigint_checkpoints_says_how_to_resume_and_resuming_equals_an_unbroken_run(references, tmp_path):
+    """Ctrl-C (SIGINT) at a random moment: exit 130 with one line naming the step and the resume command; the
+    checkpoint is at that step; resuming ends where an unbroken run ends. SIGTERM does the same with 143."""
+    cfg, ref = references("fgsm-rs")
+    run = tmp_path / "stopped"
+    code = None
+    for sig, want in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        before = max(newest_step(run), 0) if run.exists() else 0
+        args = ["--resume", str(run)] if run.exists() else cli_args({**cfg, "out_dir": str(tmp_path), "name": "stopped"})
+        proc = launch(args)
+        deadline = time.time() + 120
+        while proc.poll() is None and newest_step(run) <= before and time.time() < deadline:
+            time.sleep(0.002)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=300)
+        if proc.returncode == 0:  # finished before the signal landed: nothing to test this round
+            break
+        code = proc.returncode
+        assert code == want, err
+        last = [line for line in err.splitlines() if line.strip()][-1]
+        step, total = newest_step(run), json.loads((run / "config.json").read_text())["total_steps"]
+        assert last == (f"fastadv train: interrupted at step {step} of {total}; resume with: "
+                        f"fastadv train --resume {run}")
+        assert not (run / "summary.json").exists()
+    assert code is not None, "the run always finished before a signal: nothing was tested"
+    if not (run / "summary.json").exists():
+        assert main(["train", "--resume", str(run)]) == 0
+    assert figures(run) == figures(ref)
+    assert same_weights(run, ref)
+    assert metric_rows(run) == metric_rows(ref)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_previous_checkpoint(tmp_path):
+    from fastadv.training.loop import Interrupts
+
+    stop = Interrupts()
+    with stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the first: a request, no exception
+        assert stop.requested()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second: at once
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored

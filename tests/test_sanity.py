@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 import fastadv
-from fastadv.attacks import ATTACKS, pgd, with_fn
+from fastadv.core.attacks import ATTACKS, pgd, with_fn
 from fastadv.evaluation import AttackSpec, evaluate
-from fastadv.sanity import CHECKS, run_checks
+from fastadv.evaluation.sanity import CHECKS, run_checks
 
 EPS = 0.3
 SPEC = AttackSpec("pgd", eps=EPS, steps=20)  # the thesis' PGD-20, alpha = eps/4

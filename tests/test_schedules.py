@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from fastadv import schedules
 from fastadv.config import ConfigError
+from fastadv.core import schedules
 
 LR = 0.1
 T = 1000

@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
+from helpers import without_timings
 
 import fastadv
 from fastadv.cli import main
-from fastadv.trainer import METRIC_FIELDS
-
-from helpers import without_timings
+from fastadv.training.log import METRIC_FIELDS
 
 QUICK = {"dataset": "synthetic", "model": "small-cnn", "epochs": 2, "batch_size": 64, "eval_size": 128,
          "eval_attack_steps": 3, "final_attack_steps": 5, "progress": False, "lr_max": 0.05, "replays": 2}
@@ -28,8 +27,8 @@ def test_run_directory_contract(method, tmp_path):
                 "grad_computations", "status", "events", "co_guard"):
         assert key in summary
     assert summary["status"] == "completed" and summary["co_guard"] == (method in ("free", "fgsm-rs"))
-    # the final number comes with the sanity checks of fastadv.sanity and their verdict
-    from fastadv.sanity import CHECKS
+    # the final number comes with the sanity checks of fastadv.evaluation.sanity and their verdict
+    from fastadv.evaluation.sanity import CHECKS
 
     assert {c["name"] for c in summary["sanity"]} == set(CHECKS)
     assert summary["trusted"] == all(c["passed"] is not False for c in summary["sanity"])

@@ -50,7 +50,7 @@ BAD = [
     ("name ..", ["--name", ".."], {}, "name must be a plain folder name"),
     # --- unknown names, with the valid ones
     ("unknown dataset", ["--dataset", "imagenet"], {}, "unknown dataset 'imagenet' (valid: cifar10, cifar100, digits"),
-    ("unknown model", ["--model", "vgg"], {}, "unknown model 'vgg' (valid: airbench, fast-cnn, preact-resnet18, small-cnn"),
+    ("unknown model", ["--model", "vgg"], {}, "unknown model 'vgg' (valid: airbench, airbench-half, fast-cnn, preact-resnet18, small-cnn"),
     ("unknown method", ["--method", "trades"], {}, "unknown method 'trades' (valid: fgsm, fgsm-rs, free, n-fgsm, pgd, standard)"),
     ("unknown schedule", ["--lr-schedule", "cosine"], {}, "unknown schedule 'cosine' (valid: constant, cyclical"),
     ("unknown momentum schedule", ["--momentum-schedule", "bouncy"], {}, "unknown momentum schedule 'bouncy' (valid:"),

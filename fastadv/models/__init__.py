@@ -1,9 +1,15 @@
 """Model registry. Every model takes [0,1] images; normalization is its first layer.
 
-``build_model(name, num_classes=10, channels=3, size=32, mean=..., std=..., **kw)``
-returns ``nn.Sequential(Normalize(mean, std), net)``, whose ``state_dict`` keys are
-``0.mean``, ``0.std``, ``1.<net params>``: load it into the same call's output with
+``build_model(name, num_classes=10, channels=3, size=32, mean=..., std=..., **kw)`` returns
+``nn.Sequential(Normalize(mean, std), net)``, whose ``state_dict`` keys are ``0.mean``,
+``0.std``, ``1.<net params>``: load it into the same call's output with
 ``torch.load(path, weights_only=True)``.
+
+Names: fastadv's own nets (``MODELS``), ``torchvision:NAME`` (any ``torchvision.models`` builder,
+e.g. ``torchvision:resnet18``) and ``timm:NAME`` (``pip install timm``). Outside nets are built
+untrained with ``num_classes`` outputs; for images under 64 pixels a ResNet-style stem (7x7 stride-2
+conv and max-pool, made for 224-pixel ImageNet) becomes a 3x3 stride-1 conv without the pool, as
+CIFAR ResNets have it. One's own ``nn.Module`` needs no registry: ``fastadv.train(cfg, model=...)``.
 """
 from __future__ import annotations
 
@@ -13,16 +19,24 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from fastadv.models.nets import AirbenchNet, FastCNN, PreActResNet18, SmallCNN, WideResNet
+from fastadv.models.nets import (
+    AirbenchHalf,
+    AirbenchNet,
+    FastCNN,
+    PreActResNet18,
+    SmallCNN,
+    WideResNet,
+)
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
-DESCRIPTIONS: dict[str, str] = {}
+PREFIXES = ("torchvision:", "timm:")  # outside registries, by name prefix
+SMALL_INPUT = 64  # below this image size an ImageNet stem is replaced by a CIFAR one
 
 
-def register_model(name: str, description: str):
+def register_model(name: str):
+    """Add ``fn(num_classes, channels, size, **kw) -> nn.Module`` (normalized input, logits out) as ``name``."""
     def wrap(fn):
         MODELS[name] = fn
-        DESCRIPTIONS[name] = description
         return fn
 
     return wrap
@@ -40,31 +54,79 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-register_model("small-cnn", "2 conv + 2 fc layers (Wong et al.'s MNIST net); adapts to channels and size")(SmallCNN)
-register_model("preact-resnet18", "pre-activation ResNet-18 (Wong et al.'s CIFAR net)")(PreActResNet18)
-register_model("wide-resnet", "WideResNet-depth-width; depth 32, width 10 is Free-m's WRN-32-10")(WideResNet)
-register_model("fast-cnn", "small BN conv net (widths 32/64/128) that trains usefully on a CPU")(FastCNN)
-register_model("airbench", "airbench94's layout (2x2 stem, conv groups 64/256/256, GELU; 2.0M params): "
-                           "the CPU CIFAR-10 net")(AirbenchNet)
+register_model("small-cnn")(SmallCNN)  # 2 conv + 2 fc layers (Wong et al.'s MNIST net)
+register_model("preact-resnet18")(PreActResNet18)  # Wong et al.'s CIFAR net
+register_model("wide-resnet")(WideResNet)  # depth 32, width 10 is Free-m's WRN-32-10
+register_model("fast-cnn")(FastCNN)  # small BN conv net, widths 32/64/128
+register_model("airbench")(AirbenchNet)  # airbench94's layout (2.0M parameters)
+register_model("airbench-half")(AirbenchHalf)  # the same at half the widths (0.5M): the CPU CIFAR-10 net
+
+
+def is_known(name: str) -> bool:
+    return name in MODELS or name.startswith(PREFIXES)
+
+
+def adapt_stem(net: nn.Module, channels: int, size: int) -> nn.Module:
+    """A ResNet-style ImageNet stem (``conv1`` 7x7/2, ``maxpool``) as CIFAR's: 3x3/1 conv, no pool, for small
+    images; the first conv also takes ``channels`` inputs. Nets without such a stem are returned as built."""
+    conv = getattr(net, "conv1", None)
+    if isinstance(conv, nn.Conv2d) and (size < SMALL_INPUT or conv.in_channels != channels):
+        small = size < SMALL_INPUT
+        net.conv1 = nn.Conv2d(channels, conv.out_channels, 3 if small else conv.kernel_size,
+                              1 if small else conv.stride, 1 if small else conv.padding, bias=conv.bias is not None)
+        if small and isinstance(getattr(net, "maxpool", None), nn.MaxPool2d):
+            net.maxpool = nn.Identity()
+    return net
+
+
+def outside_net(name: str, num_classes: int, channels: int, size: int) -> nn.Module:
+    """An untrained net from torchvision or timm, its head sized to ``num_classes``, its stem to the images."""
+    source, _, model_name = name.partition(":")
+    if source == "torchvision":
+        import torchvision
+
+        try:
+            net = torchvision.models.get_model(model_name, weights=None, num_classes=num_classes)
+        except ValueError:
+            valid = ", ".join(torchvision.models.list_models(torchvision.models)[:12])
+            raise ValueError(f"unknown torchvision model {model_name!r} (e.g. {valid}, ...)") from None
+        return adapt_stem(net, channels, size)
+    try:
+        import timm
+    except ImportError:
+        raise ValueError("timm: models need the timm package: pip install 'fastadv[timm]'") from None
+    if not timm.is_model(model_name):
+        raise ValueError(f"unknown timm model {model_name!r} (timm.list_models() names them)")
+    return adapt_stem(timm.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=channels),
+                      channels, size)
 
 
 def build_model(name: str, *, num_classes: int = 10, channels: int = 3, size: int = 32,
                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                 **kwargs) -> nn.Sequential:
-    """Build a registered model with a Normalize layer in front.
+    """Build a registered (or ``torchvision:`` / ``timm:``) model with a Normalize layer in front.
 
     Extra keyword arguments (``depth``, ``width``) go to the network when it takes them.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r} (valid: {', '.join(sorted(MODELS))})")
-    ctor = MODELS[name]
-    accepted = inspect.signature(ctor).parameters
-    extra = {k: v for k, v in kwargs.items() if k in accepted}
-    net = ctor(num_classes=num_classes, channels=channels, size=size, **extra)
+    if not is_known(name):
+        raise ValueError(f"unknown model {name!r} (valid: {', '.join(sorted(MODELS))}, torchvision:NAME, timm:NAME)")
+    if name in MODELS:
+        ctor = MODELS[name]
+        accepted = inspect.signature(ctor).parameters
+        net = ctor(num_classes=num_classes, channels=channels, size=size,
+                   **{k: v for k, v in kwargs.items() if k in accepted})
+    else:
+        net = outside_net(name, num_classes, channels, size)
+    return wrap_model(net, channels, mean, std)
+
+
+def wrap_model(net: nn.Module, channels: int, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None) -> nn.Sequential:
+    """``nn.Sequential(Normalize(mean, std), net)``: the layout every fastadv model has (identity by default)."""
     mean = mean if mean is not None else (0.0,) * channels
     std = std if std is not None else (1.0,) * channels
     return nn.Sequential(Normalize(mean, std), net)
 
 
-__all__ = ["MODELS", "Normalize", "build_model", "register_model", "SmallCNN", "PreActResNet18",
-           "WideResNet", "FastCNN", "AirbenchNet"]
+__all__ = ["MODELS", "Normalize", "build_model", "register_model", "wrap_model", "is_known", "adapt_stem",
+           "SmallCNN", "PreActResNet18", "WideResNet", "FastCNN", "AirbenchNet", "AirbenchHalf"]

@@ -1,0 +1,277 @@
+"""Training methods: one step function per method, and ``AdversarialStep`` to use them in any loop.
+
+A step function takes a ``StepContext`` and one minibatch (x in [0,1], y) and does all the
+optimizer steps that minibatch gets (Free-m: ``replays``; the others: one). Each optimizer
+step goes through ``ctx.optimizer_step()``, which sets LR and momentum for the current
+iteration first. Statistics stay on the device (no host syncs).
+
+Each method declares its facts once, in ``register_method``: optimizer steps and forward-backward
+computations per minibatch (standard 1, free m, fgsm-rs / fgsm / n-fgsm 2, pgd K+1), its default
+attack step, and whether it is a single-step method (prone to catastrophic overfitting).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from fastadv.core.attacks import n_fgsm, pgd
+from fastadv.core.distributed import unwrap
+from fastadv.core.precision import FP32, Precision, make_precision
+
+
+@dataclass
+class StepContext:
+    """What a step function needs; ``state`` holds method state that must be checkpointed."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    eps: float
+    alpha: float
+    replays: int
+    attack_steps: int
+    set_hyperparams: Callable[[int], None]  # iteration -> writes LR/momentum into the optimizer
+    generator: torch.Generator | None = None  # random starts
+    iteration: int = 0  # optimizer steps taken so far
+    state: dict = field(default_factory=dict)
+    precision: Precision = field(default_factory=lambda: FP32)  # autocast, scaled backward and optimizer step
+    noise: float = 2.0  # n-fgsm: uniform noise radius in multiples of eps
+
+    def optimizer_step(self) -> None:
+        self.set_hyperparams(self.iteration)
+        self.precision.step(self.optimizer)
+        self.iteration += 1
+
+    def attack(self, x: torch.Tensor, y: torch.Tensor, steps: int, random_start: bool = True) -> torch.Tensor:
+        """PGD-``steps`` (from a random start, or from x) at the current eps and alpha, under the step's autocast.
+
+        Runs on the plain module inside a DDP wrapper: input gradients only, no gradient all-reduce.
+        At eps 0 (the start of an eps ramp) ``pgd`` returns x without drawing random numbers.
+        """
+        with self.precision.autocast():
+            return pgd(unwrap(self.model), x, y, eps=self.eps, alpha=self.alpha, steps=steps,
+                       random_start=random_start, generator=self.generator)
+
+
+@dataclass
+class StepStats:
+    """Sums over the examples seen in a step (device tensors: no host sync until read)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    count: int
+
+    @property
+    def loss(self) -> float:
+        """Mean training loss of the step (reads the device: one sync)."""
+        return self.loss_sum.item() / max(self.count, 1)
+
+    @property
+    def accuracy(self) -> float:
+        """Training accuracy of the step, on the inputs it trained on (one sync)."""
+        return self.correct.item() / max(self.count, 1)
+
+
+def sgd_on(ctx: StepContext, x_in: torch.Tensor, y: torch.Tensor) -> StepStats:
+    """One ordinary optimizer step on inputs x_in (already perturbed)."""
+    with ctx.precision.autocast():
+        logits = ctx.model(x_in)
+    loss = F.cross_entropy(logits.float(), y)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    ctx.precision.backward(loss)
+    ctx.optimizer_step()
+    return StepStats(loss.detach() * len(y), (logits.argmax(1) == y).sum(), len(y))
+
+
+@dataclass(frozen=True)
+class Method:
+    step: Callable[[StepContext, torch.Tensor, torch.Tensor], StepStats]
+    steps_per_minibatch: Callable[[int, int], int]  # (replays, attack_steps) -> optimizer steps
+    passes_per_minibatch: Callable[[int, int], int]  # (replays, attack_steps) -> fwd-bwd passes
+    default_alpha: Callable[[float, int], float]  # (eps, attack_steps) -> attack step size
+    single_step: bool  # one attack step per update: prone to catastrophic overfitting (the guard is on)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, *, steps=lambda m, k: 1, passes=lambda m, k: 1, alpha=lambda eps, k: eps,
+                    single_step: bool = False):
+    def wrap(fn):
+        METHODS[name] = Method(fn, steps, passes, alpha, single_step)
+        return fn
+
+    return wrap
+
+
+@register_method("standard")
+def standard_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
+    """No attack: ordinary training on clean images."""
+    return sgd_on(ctx, x, y)
+
+
+@register_method("fgsm-rs", passes=lambda m, k: 2, alpha=lambda eps, k: 1.25 * eps, single_step=True)
+def fgsm_rs_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
+    """FGSM from a uniform random start, step alpha = 1.25 eps (Wong et al. 2020)."""
+    return sgd_on(ctx, ctx.attack(x, y, steps=1), y)
+
+
+@register_method("fgsm", passes=lambda m, k: 2, alpha=lambda eps, k: eps, single_step=True)
+def fgsm_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
+    """FGSM from x itself, step alpha = eps (Goodfellow et al. 2015): the single-step method that
+    overfits catastrophically, kept as the reference case."""
+    return sgd_on(ctx, ctx.attack(x, y, steps=1, random_start=False), y)
+
+
+@register_method("n-fgsm", passes=lambda m, k: 2, alpha=lambda eps, k: eps, single_step=True)
+def n_fgsm_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
+    """N-FGSM (de Jorge et al. 2022): one FGSM step alpha = eps from uniform noise of radius ``noise`` eps
+    (2), no projection back to the eps-ball, only to [0,1]."""
+    with ctx.precision.autocast():
+        x_adv = n_fgsm(unwrap(ctx.model), x, y, eps=ctx.eps, alpha=ctx.alpha, noise=ctx.noise,
+                       generator=ctx.generator)
+    return sgd_on(ctx, x_adv, y)
+
+
+@register_method("pgd", passes=lambda m, k: k + 1, alpha=lambda eps, k: 2.5 * eps / k)
+def pgd_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
+    """Madry PGD-K training: random start, K = attack_steps, alpha = 2.5 eps / K."""
+    return sgd_on(ctx, ctx.attack(x, y, steps=ctx.attack_steps), y)
+
+
+@register_method("free", steps=lambda m, k: m, passes=lambda m, k: m, alpha=lambda eps, k: eps, single_step=True)
+def free_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
+    """Free-m (Shafahi et al. 2019), Algorithm 1 of the thesis for one minibatch; delta persists in
+    ``ctx.state['delta']``.
+
+    Each replay: one forward/backward on clip(x + delta, 0, 1), an optimizer step with the
+    weight gradient, then delta <- clip(delta + alpha * sign(grad_x), -eps, eps) (alpha = eps
+    in the paper). The stored delta has the largest batch's shape; a smaller batch uses
+    its first rows.
+    """
+    n = len(y)
+    full = ctx.state.get("delta")
+    if full is None or full.shape[1:] != x.shape[1:] or len(full) < n:
+        grown = torch.zeros((max(n, 0 if full is None else len(full)),) + tuple(x.shape[1:]), device=x.device)
+        if full is not None and full.shape[1:] == x.shape[1:]:
+            grown[:len(full)] = full
+        full = grown
+    delta = full[:n].clone()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    for _ in range(ctx.replays):
+        delta.requires_grad_(True)
+        with ctx.precision.autocast():
+            logits = ctx.model((x + delta).clamp(0.0, 1.0))
+        loss = F.cross_entropy(logits.float(), y)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.precision.backward(loss)  # one pass: weight gradients and the input gradient (sign is scale-free)
+        ctx.optimizer_step()
+        delta = (delta.detach() + ctx.alpha * delta.grad.sign()).clamp(-ctx.eps, ctx.eps)
+        loss_sum += loss.detach() * n
+        correct += (logits.argmax(1) == y).sum()
+    full[:n] = delta
+    ctx.state["delta"] = full
+    return StepStats(loss_sum, correct, n * ctx.replays)
+
+
+# ----------------------------------------------------------------------------- in one's own loop
+def hyperparam_setter(optimizer: torch.optim.Optimizer, lr_fn=None, momentum_fn=None, lr_scale=lambda: 1.0):
+    """``iteration -> None`` writing LR (``lr_fn(iteration)`` times ``lr_scale()``) and momentum (Adam: beta1)
+    into every param group; a schedule left None leaves that value as the optimizer has it."""
+    is_adam = isinstance(optimizer, torch.optim.Adam)
+
+    def set_hyperparams(iteration: int) -> None:
+        for group in optimizer.param_groups:
+            if lr_fn is not None:
+                group["lr"] = lr_fn(iteration) * lr_scale()
+            if momentum_fn is not None:
+                mom = momentum_fn(iteration)
+                if is_adam:
+                    group["betas"] = (mom, group["betas"][1])
+                else:
+                    group["momentum"] = mom
+
+    return set_hyperparams
+
+
+class AdversarialStep:
+    """One adversarial training step of any registered method, for use inside your own training loop.
+
+    Arguments:
+        method (str): ``"free"``, ``"fgsm-rs"``, ``"n-fgsm"``, ``"fgsm"``, ``"pgd"`` or ``"standard"``.
+        model (nn.Module): takes [0,1] images (normalization inside the model), returns logits.
+        optimizer (torch.optim.Optimizer): over the model's parameters; the step calls ``step()`` on it
+            (Free-m: ``replays`` times per minibatch).
+        eps (float): L-inf radius in pixel units, e.g. ``8/255``.
+        alpha (float, optional): attack step; default: the method's (free, fgsm, n-fgsm: eps;
+            fgsm-rs: 1.25 eps; pgd: 2.5 eps / K).
+        replays (int): Free-m's m. (Default: 8)
+        attack_steps (int): PGD training's K. (Default: 7)
+        noise (float): N-FGSM's noise radius in multiples of eps. (Default: 2)
+        lr_schedule, momentum_schedule (callable, optional): ``iteration -> value`` (e.g. from
+            ``fastadv.core.schedules.build``), written into the optimizer before every optimizer step;
+            None leaves the optimizer's own values.
+        precision (str): ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"``. (Default: ``"fp32"``)
+        seed (int): seed of the attack's random starts. (Default: 0)
+
+    Shape:
+        - x: :math:`(N, C, H, W)` float in [0, 1], on the model's device.
+        - y: :math:`(N)` class indices.
+
+    Returns:
+        ``StepStats``: ``loss_sum``, ``correct`` (device tensors), ``count``; ``.loss`` and
+        ``.accuracy`` read them (one host sync).
+
+    Example::
+
+        step = fastadv.AdversarialStep("free", model, optimizer, eps=8/255, replays=8)
+        for x, y in loader:
+            stats = step(x.to(device), y.to(device))
+        torch.save({"model": model.state_dict(), "step": step.state_dict()}, "ckpt.pt")
+    """
+
+    def __init__(self, method: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, eps: float,
+                 alpha: float | None = None, replays: int = 8, attack_steps: int = 7, noise: float = 2.0,
+                 lr_schedule: Callable[[int], float] | None = None,
+                 momentum_schedule: Callable[[int], float] | None = None, precision: str = "fp32", seed: int = 0):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r} (valid: {', '.join(sorted(METHODS))})")
+        if eps < 0 or replays < 1 or attack_steps < 1:
+            raise ValueError(f"need eps >= 0, replays >= 1, attack_steps >= 1; got {eps}, {replays}, {attack_steps}")
+        self.method = METHODS[method]
+        device = next(model.parameters()).device
+        alpha = self.method.default_alpha(eps, attack_steps) if alpha is None else alpha
+        self.ctx = StepContext(model, optimizer, eps, alpha, replays, attack_steps,
+                               hyperparam_setter(optimizer, lr_schedule, momentum_schedule),
+                               torch.Generator(device=device).manual_seed(seed),
+                               precision=make_precision(precision, device), noise=noise)
+
+    @property
+    def passes(self) -> int:
+        """Forward-backward computations per minibatch."""
+        return self.method.passes_per_minibatch(self.ctx.replays, self.ctx.attack_steps)
+
+    @property
+    def iteration(self) -> int:
+        """Optimizer steps taken so far (Free-m's replays included)."""
+        return self.ctx.iteration
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepStats:
+        self.ctx.model.train()
+        return self.method.step(self.ctx, x, y)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs besides model and optimizer: iteration, method state (Free-m's delta), RNG."""
+        scaler = self.ctx.precision.scaler
+        return {"iteration": self.ctx.iteration, "state": dict(self.ctx.state),
+                "generator": self.ctx.generator.get_state(), "scaler": scaler.state_dict() if scaler else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ctx.iteration = int(state["iteration"])
+        self.ctx.state = dict(state["state"])
+        self.ctx.generator.set_state(state["generator"])
+        if self.ctx.precision.scaler is not None and state.get("scaler"):
+            self.ctx.precision.scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,148 @@
+"""Export a run's model as a checkpoint for outside tools (RobustBench, AutoAttack, plain PyTorch).
+
+Two formats:
+
+* ``robustbench`` (``.pt``): a plain ``state_dict`` (tensors only, CPU, contiguous) that
+  loads with ``torch.load(path, weights_only=True)`` into the model class that
+  ``fastadv.models.build_model`` returns. The Normalize layer is part of the model and its
+  mean/std are buffers in the state dict, so the model takes [0,1] images, the input
+  convention of RobustBench and AutoAttack.
+* ``safetensors`` (``.safetensors``): the same tensors, with the architecture in the
+  file's metadata so that ``fastadv.load_model(path)`` rebuilds the model alone.
+
+Each export is checked by loading it back (``weights_only=True`` for ``.pt``) into a fresh
+model and comparing every tensor, and comes with ``<out>.json``: the architecture and
+the exact lines that load it.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from fastadv.errors import CheckpointError, first_line
+from fastadv.io import atomic_write, write_json
+from fastadv.models.store import BUILD_KEYS, load_model, read_arch
+
+
+def build_kwargs(arch: dict) -> dict:
+    """``build_model`` keyword arguments for a run's architecture (mean/std come from the state dict)."""
+    from fastadv.models import MODELS
+
+    kwargs = {k: arch[k] for k in BUILD_KEYS if k in arch and k not in ("mean", "std")}
+    ctor = MODELS.get(arch.get("model"))
+    accepted = inspect.signature(ctor).parameters if ctor is not None else ()
+    for key in ("depth", "width"):  # only the nets that take them (the WideResNet)
+        if key not in accepted:
+            kwargs.pop(key, None)
+    return kwargs
+
+
+def loading_snippet(arch: dict, filename: str, fmt: str) -> str:
+    """The few lines a RobustBench/AutoAttack user runs to get the model back."""
+    args = ", ".join([repr(arch["model"])] + [f"{k}={v!r}" for k, v in build_kwargs(arch).items()])
+    load = (f'torch.load("{filename}", weights_only=True)' if fmt == "robustbench" else
+            f'safetensors.torch.load_file("{filename}")')
+    build = (["from fastadv.models import build_model", "", f"model = build_model({args})"]
+             if arch["model"] != "custom" else
+             ["from fastadv.models import wrap_model", "", f"model = wrap_model(MyNet(), channels={arch['channels']})"
+              f"  # MyNet: {arch.get('module', 'your module')}"])
+    lines = ["import torch"] + (["import safetensors.torch"] if fmt == "safetensors" else []) + build + [
+        f"model.load_state_dict({load})",
+        "model.eval()  # takes [0,1] images; normalization is inside the model",
+    ]
+    return "\n".join(lines)
+
+
+def _save_pt(state: dict, arch: dict, out: Path) -> None:
+    atomic_write(out, lambda tmp: torch.save(state, tmp))
+
+
+def _save_safetensors(state: dict, arch: dict, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    atomic_write(out, lambda tmp: save_file(state, tmp, metadata={"fastadv_arch": json.dumps(arch)}))
+
+
+def _load_pt(out: Path) -> dict:
+    return torch.load(out, map_location="cpu", weights_only=True)
+
+
+def _load_safetensors(out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(out))
+
+
+# format name -> (file suffix, save, load back)
+FORMATS: dict[str, tuple[str, Callable, Callable]] = {
+    "robustbench": (".pt", _save_pt, _load_pt),
+    "safetensors": (".safetensors", _save_safetensors, _load_safetensors),
+}
+
+
+class ExportError(CheckpointError):
+    """An export that cannot be written or does not load back identically; one line."""
+
+
+def format_for(out: Path, fmt: str | None) -> str:
+    """The format named, or the one the output's suffix implies; checks that they agree."""
+    by_suffix = {suffix: name for name, (suffix, _, _) in FORMATS.items()}
+    if fmt is None:
+        if out.suffix not in by_suffix:
+            raise ExportError(f"cannot tell the format from {out.name!r}: use a .pt or .safetensors name, or --format "
+                              f"({', '.join(FORMATS)})")
+        return by_suffix[out.suffix]
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r} (valid: {', '.join(FORMATS)})")
+    if out.suffix != FORMATS[fmt][0]:
+        raise ExportError(f"format {fmt} writes a {FORMATS[fmt][0]} file, got {out.name!r}")
+    return fmt
+
+
+def export_checkpoint(source: str | Path, out: str | Path, fmt: str | None = None, *, overwrite: bool = False,
+                      model=None) -> dict:
+    """Write the model of a run directory or weights file to ``out``; returns a record of the export.
+
+    The record (also written to ``<out>.json``) holds the format, the architecture, the
+    ``build_model`` arguments and the loading snippet. Raises ``ExportError`` (one line) on
+    a bad output name, an existing file without ``overwrite``, or a failed load-back check.
+    ``model``: for a run that trained one's own module, that module freshly built (as for ``load_model``).
+    """
+    out = Path(out)
+    fmt = format_for(out, fmt)
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} exists; pass --force to overwrite it")
+    arch, weights = read_arch(Path(source))
+    if arch["model"] == "custom" and model is None:
+        raise ExportError(f"{source} trained its own module ({arch.get('module', '?')}): export it from Python with "
+                          f"fastadv.export_checkpoint(run_dir, out, model=MyNet())")
+    loaded = load_model(source, model=copy.deepcopy(model) if model is not None else None)
+    state = {k: v.detach().cpu().contiguous() for k, v in loaded.state_dict().items()}
+    _, save, load_back = FORMATS[fmt]
+    save(state, arch, out)
+    verify(load_back(out), arch, state, out, fresh=copy.deepcopy(loaded) if model is not None else None)
+    record = {"format": fmt, "file": out.name, "source": str(weights), "arch": arch,
+              "build_model": {"name": arch["model"], **build_kwargs(arch)},
+              "inputs": "N x C x H x W float images in [0,1]; normalization is inside the model",
+              "load": loading_snippet(arch, out.name, fmt)}
+    write_json(out.with_name(out.name + ".json"), record)
+    return record
+
+
+def verify(loaded: dict, arch: dict, state: dict, out: Path, fresh=None) -> None:
+    """Load ``loaded`` into a fresh model of ``arch`` (or ``fresh``, strict) and compare every tensor with ``state``."""
+    from fastadv.models import build_model
+
+    fresh = fresh if fresh is not None else build_model(arch["model"], **build_kwargs(arch))
+    try:
+        fresh.load_state_dict(loaded)
+    except RuntimeError as exc:
+        raise ExportError(f"{out} does not load back into {arch['model']}: {first_line(exc)}") from None
+    same = set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+    if not same:
+        raise ExportError(f"{out} does not hold the same tensors as the run's model")

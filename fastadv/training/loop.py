@@ -1,0 +1,299 @@
+"""The one training loop shared by every method: ``train(config)`` -> a run directory.
+
+config -> ``build`` (data, model, optimizer, schedules, step) -> minibatch steps with held-out
+checks and checkpoints -> final evaluation (PGD-K, AA-lite, sanity checks) -> summary.json.
+
+Nothing lost, nothing silent: a resume checkpoint is written at step 0, at every held-out check and
+every ``checkpoint_every`` steps (0: at least every 4 minutes), so ``train(resume=run_dir)``
+continues a killed run to the very numbers of an unbroken one. A non-finite loss stops the run
+(``TrainingDiverged``), so does a run still at chance after a quarter of its budget
+(``NotLearning``); Ctrl-C or SIGTERM checkpoints at the next step boundary and stops
+(``TrainingInterrupted``; a second Ctrl-C stops at once). For single-step methods a
+catastrophic-overfitting guard watches the held-out PGD check.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fastadv.config import ConfigError, TrainConfig
+from fastadv.core import distributed, perf
+from fastadv.data import Dataset
+from fastadv.evaluation import AALite, AttackSpec, evaluate_distributed
+from fastadv.models.store import save_weights
+from fastadv.training.checkpoint import (
+    Saver,
+    latest_checkpoint,
+    read_checkpoint,
+    restore_training,
+)
+from fastadv.training.finder import auto_lr_max
+from fastadv.training.guard import NotLearning, guard_check, make_guard, not_learning
+from fastadv.training.log import RunLog, metrics_row
+from fastadv.training.run_dir import new_run, resume_config
+from fastadv.training.setup import Setup, build, check_config, load_data
+from fastadv.training.summary import build_summary, figures, write_summary
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became non-finite; the run stopped (summary.json says so)."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM: the run wrote a checkpoint at a step boundary and stopped; ``code`` is 130 or 143."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict
+    model: nn.Module
+    config: TrainConfig
+
+
+def train(config: TrainConfig | dict | None = None, *, data: Dataset | None = None, model: nn.Module | None = None,
+          resume: str | Path | None = None) -> RunResult:
+    """Train as ``config`` says and write a run directory.
+
+    Arguments:
+        config: a ``TrainConfig`` or a dict of its fields (``{"preset": "cifar10-cpu"}`` takes a preset).
+        data: a ``fastadv.data.Dataset`` to use instead of loading ``config.dataset``.
+        model: one's own ``nn.Module`` (takes normalized input, returns logits); the run's Normalize
+            layer goes in front of it. Reload it with ``fastadv.load_model(run_dir, model=...)``.
+        resume: an unfinished run directory (killed, interrupted: no summary.json); training goes on
+            from its newest intact checkpoint with its own config.json (``config`` may then be None).
+
+    Returns:
+        ``RunResult``: ``run_dir``, ``summary`` (summary.json), ``model`` (eval mode), ``config``.
+    """
+    if resume is None and config is None:
+        raise ConfigError("train() needs a config, or resume= a run directory")
+    cfg = resume_config(resume, config) if resume is not None else (
+        config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config))
+    check_config(cfg, model)
+    with distributed.session(perf.resolve_device(cfg.device)):  # torchrun: one process per device
+        return run(cfg, data, model, resume)
+
+
+def run(cfg: TrainConfig, data: Dataset | None, model: nn.Module | None, resume: str | Path | None) -> RunResult:
+    """The body of ``train`` (inside the process group when there is one): read it top to bottom."""
+    s = setup_run(cfg, data, model)
+    run_dir = new_run(s) if resume is None else Path(resume)
+    saver = Saver(s, run_dir)
+    log = open_log(s, run_dir, resume, saver)
+    check = HeldOut(s, run_dir, log)
+    stop = Interrupts()
+    timer = Timer(s.device)
+    s.model.train()
+    try:
+        with stop:
+            while s.loop.mb_done < s.minibatches and not s.loop.stopped:
+                # one minibatch: eps ramp, the method's optimizer step(s), statistics kept on the device
+                train_minibatch(s)
+                log.bar.update(s.steps_per_minibatch)
+                # held-out check and checkpoint when due; their time is not training time
+                at_check = s.ctx.iteration >= s.loop.next_eval or s.loop.mb_done >= s.minibatches
+                if at_check or saver.due():
+                    s.loop.train_seconds += timer.lap()
+                    totals = finite_totals(s, saver.last)
+                    if at_check:
+                        reason = check(totals)
+                        if reason:
+                            saver.save()
+                            raise NotLearning(reason)
+                    saver.save()
+                    timer.restart()
+                # a signal asked to stop: checkpoint at this step boundary and say how to go on
+                if stop.requested():
+                    s.loop.train_seconds += timer.lap()
+                    saver.save()
+                    raise stop.exception(s, run_dir)
+    except (TrainingDiverged, NotLearning) as exc:
+        status = "diverged" if isinstance(exc, TrainingDiverged) else "not learning"
+        s.loop.events.append({"event": status.replace(" ", "_"), "step": s.ctx.iteration, "message": str(exc)})
+        write_summary(run_dir, build_summary(s, run_dir, status, message=str(exc), last_checkpoint=saver.last))
+        raise
+    finally:
+        log.close()
+    return finish(s, run_dir)
+
+
+# ----------------------------------------------------------------------------- pieces of the loop
+def setup_run(cfg: TrainConfig, data: Dataset | None, model: nn.Module | None) -> Setup:
+    """``build``, after the LR range test when lr_max is "auto" (the test leaves the RNG state as it found it)."""
+    if cfg.lr_max is not None:
+        return build(cfg, data, model)
+    data = data if data is not None else load_data(cfg, distributed.local_device(perf.resolve_device(cfg.device)))
+    cfg, record = auto_lr_max(cfg, data, model=model)
+    s = build(cfg, data, model)
+    s.lr_finder = record
+    return s
+
+
+def train_minibatch(s: Setup) -> None:
+    """One minibatch: eps and alpha at the ramp's value, the method's step(s), the sums on the device."""
+    x, y = next(s.stream)
+    ramp = eps_ramp(s.loop.mb_done / s.minibatches, s.cfg.eps_warmup)
+    s.ctx.eps, s.ctx.alpha = s.eps * ramp, s.alpha * s.loop.alpha_scale * ramp
+    stats = s.method.step(s.ctx, perf.prepare_batch(x, s.channels_last), y)
+    s.loop.add(stats, s.passes_per_minibatch)
+
+
+def eps_ramp(progress: float, warmup: float) -> float:
+    """Multiplier of eps and alpha: linear from 0 to 1 over the first ``warmup`` of training."""
+    return 1.0 if warmup <= 0 else min(1.0, progress / warmup)
+
+
+def finite_totals(s: Setup, last_checkpoint: str | None) -> list[float]:
+    """Loss sum, correct and count since the last row over every process; TrainingDiverged when the loss
+    or a weight is not finite (one host sync: at checks and checkpoints only)."""
+    loop = s.loop
+    total = distributed.all_reduce_sum(torch.cat([loop.sums, torch.tensor([float(loop.count)], dtype=loop.sums.dtype,
+                                                                          device=loop.sums.device)]))
+    finite = torch.stack([torch.isfinite(total).all()] + [torch.isfinite(p).all() for p in s.model.parameters()])
+    if not bool(finite.all()):
+        raise TrainingDiverged(f"training loss became non-finite before step {s.ctx.iteration}; kept checkpoint "
+                               f"{last_checkpoint}; lower lr_max (now {s.cfg.lr_max})")
+    return total.tolist()
+
+
+class HeldOut:
+    """The periodic held-out check: fixed test points (the same for every run), quick PGD at eps/4.
+
+    Calling it at a check evaluates, lets the guard judge, writes the metrics row, hands the result
+    to the schedules and returns the not-learning reason (None when the run is learning).
+    """
+
+    def __init__(self, s: Setup, run_dir: Path, log: RunLog):
+        self.s, self.run_dir, self.log, self.guard = s, run_dir, log, make_guard(s.cfg)
+        data = s.data
+        idx = torch.randperm(len(data.y_test), generator=torch.Generator().manual_seed(0))[:s.cfg.eval_size]
+        self.points = (data.x_test[idx.to(s.device)], data.y_test[idx.to(s.device)])
+        self.attack = AttackSpec("pgd", eps=s.eps, steps=s.cfg.eval_attack_steps, restarts=1)
+
+    def __call__(self, totals: list[float]) -> str | None:
+        s, loop = self.s, self.s.loop
+        result = evaluate_distributed(s.model, self.points, attack=self.attack, batch_size=s.cfg.eval_batch_size,
+                                      seed=s.cfg.seed)
+        event = guard_check(self.guard, loop, result, s.ctx, self.run_dir, self.log.warn) if self.guard else ""
+        self.log.row(metrics_row(s, totals, result, event))
+        loop.rows += 1
+        metrics = {"clean_acc": result.clean_acc, "adv_acc": result.robust_acc, "clean_loss": result.clean_loss,
+                   "adv_loss": result.robust_loss}
+        s.lr_fn.observe(s.ctx.iteration, metrics)
+        s.mom_fn.observe(s.ctx.iteration, metrics)
+        loop.reset_sums()
+        loop.next_eval += s.eval_every
+        return not_learning(s.cfg, result, loop.mb_done / s.minibatches, s.ctx.iteration, s.data.num_classes)
+
+
+def open_log(s: Setup, run_dir: Path, resume, saver: Saver):
+    """The run's log; a new run writes its step-0 checkpoint first, a resumed one is put back from its newest."""
+    def make(**kw):
+        return RunLog(run_dir, s.total_steps, s.cfg.progress, **kw) if distributed.is_main() else distributed.Silent()
+
+    if resume is None:
+        saver.save()  # step 0: a run killed at any moment can be resumed
+        return make()
+    path = latest_checkpoint(run_dir, warn=lambda m: print(f"fastadv: {m}", file=sys.stderr))
+    note = restore_training(s, read_checkpoint(path), path.name)
+    saver.last = path.name
+    saver.mark()
+    log = make(rows=s.loop.rows, step=s.ctx.iteration)
+    log.warn(f"fastadv: resuming {run_dir.name} from {path.name} (step {s.ctx.iteration} of {s.total_steps})")
+    if note:
+        log.warn(f"fastadv: {note}")
+    return log
+
+
+def finish(s: Setup, run_dir: Path) -> RunResult:
+    """Weights, the final evaluation (PGD-K on the test set, AA-lite, sanity checks) and summary.json."""
+    cfg = s.cfg
+    ranks = distributed.summary_fields(s.model)  # rank 0's buffers everywhere; weights identical on all ranks
+    if distributed.is_main():
+        save_weights(s.model, run_dir, s.arch)
+    final = AttackSpec("pgd", eps=s.eps, alpha=cfg.final_alpha, steps=cfg.final_attack_steps,
+                       restarts=cfg.final_restarts)
+    aa_lite = AALite(points=cfg.final_aa_points, targets=cfg.final_aa_targets) if cfg.final_aa_points else None
+    t = time.perf_counter()
+    result = evaluate_distributed(s.model, s.data, attack=final, limit=cfg.final_limit,
+                                  batch_size=cfg.eval_batch_size, seed=cfg.seed, sanity=True, aa_lite=aa_lite)
+    status = "stopped by the overfitting guard" if s.loop.stopped else "completed"
+    summary = {**build_summary(s, run_dir, status, evaluation=figures(result, final, time.perf_counter() - t)),
+               **ranks}
+    write_summary(run_dir, summary)
+    return RunResult(run_dir, summary, s.model.eval(), cfg)
+
+
+class Timer:
+    """Training seconds between two readings, after the device has finished its queued work."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.restart()
+
+    def restart(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def lap(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - self.t0
+
+
+class Interrupts:
+    """SIGINT / SIGTERM while training: the first asks the loop to stop at the next step boundary (with a
+    checkpoint), a second SIGINT stops at once (KeyboardInterrupt; the previous checkpoint is intact).
+
+    Under torchrun every process gets the signal; they agree on the step to stop at every
+    ``POLL`` steps (one small all-reduce), so all of them checkpoint the same step.
+    """
+
+    POLL = 10
+    CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+    def __init__(self):
+        self.signal, self.calls, self.previous = None, 0, {}
+
+    def __enter__(self) -> "Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.CODES:
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def handle(self, sig, frame) -> None:
+        if self.signal is not None and sig == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        self.signal = sig
+
+    def requested(self) -> bool:
+        if not distributed.active():
+            return self.signal is not None
+        self.calls += 1
+        if self.calls % self.POLL:
+            return False
+        flag = torch.tensor([1.0 if self.signal is not None else 0.0], device=distributed.comm_device())
+        return bool(distributed.all_reduce_sum(flag).item() > 0)
+
+    def exception(self, s: Setup, run_dir: Path) -> TrainingInterrupted:
+        sig = self.signal if self.signal is not None else signal.SIGTERM  # another rank got it
+        return TrainingInterrupted(f"interrupted at step {s.ctx.iteration} of {s.total_steps}; resume with: "
+                                   f"fastadv train --resume {run_dir}", self.CODES[sig])
+
+
+__all__ = ["RunResult", "TrainingDiverged", "TrainingInterrupted", "run", "train"]

@@ -1,0 +1,252 @@
+"""One setup step for every training job: ``build(cfg, data=None, model=None) -> Setup``.
+
+The loop, the LR and weight-decay finders, the grid and the benchmarks all start here, so the
+data, the augmentation rule, the model, the optimizer, the schedules, the step context and the
+generators are made in one place. ``check_config`` is everything that can be checked before any
+data is read (registry names, schedule specs, model arguments).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastadv.config import ConfigError, TrainConfig, resolve_eps
+from fastadv.core import distributed, perf, schedules
+from fastadv.core.methods import METHODS, Method, StepContext, hyperparam_setter
+from fastadv.core.precision import make_precision
+from fastadv.data import (
+    DATASETS,
+    BatchStream,
+    Dataset,
+    batches_per_epoch,
+    load_dataset,
+    unknown_name,
+)
+from fastadv.errors import first_line
+from fastadv.models import MODELS, build_model, is_known, wrap_model
+from fastadv.models.store import arch_of
+from fastadv.specs import parse_spec
+from fastadv.training.state import LoopState
+
+SCHEDULE_SAMPLES = 1000  # steps at which a schedule is evaluated to check its values
+
+
+@dataclass
+class Setup:
+    """Everything a training job works with, made from a config by ``build``."""
+
+    cfg: TrainConfig
+    device: torch.device
+    data: Dataset  # on the device, limited to train_limit
+    model: nn.Module  # Normalize + net: what is saved and evaluated (shares weights with ctx.model)
+    ctx: StepContext  # the step context: its model is the prepared (NHWC / compiled / DDP) module
+    stream: BatchStream  # the training minibatches (data order and augmentation generator)
+    method: Method
+    lr_fn: schedules.Schedule
+    mom_fn: schedules.Schedule
+    loop: LoopState
+    eps: float
+    alpha: float
+    per_epoch: int  # minibatches per pass over the training data
+    minibatches: int  # minibatches of the run
+    total_steps: int  # optimizer steps of the run (Free-m's replays included)
+    eval_every: int  # optimizer steps between held-out checks
+    arch: dict  # how to rebuild the model (fastadv.models.store)
+    channels_last: bool
+    speed: dict  # what perf and precision switched on, for config.json
+    lr_finder: dict | None = None  # the LR range test's record when lr_max was "auto"
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.ctx.optimizer
+
+    @property
+    def steps_per_minibatch(self) -> int:
+        return self.method.steps_per_minibatch(self.cfg.replays, self.cfg.attack_steps)
+
+    @property
+    def passes_per_minibatch(self) -> int:
+        return self.method.passes_per_minibatch(self.cfg.replays, self.cfg.attack_steps)
+
+
+def build(cfg: TrainConfig, data: Dataset | None = None, model: nn.Module | None = None) -> Setup:
+    """The setup of a run of ``cfg``: data (loaded when not given), model (``model``: one's own net, else
+    the registry's), optimizer, schedules, step context, data stream and generators. Seeds everything.
+
+    ``lr_max`` must be set: "auto" (None) is resolved first by ``fastadv.training.finder.auto_lr_max``.
+    """
+    if cfg.lr_max is None:
+        raise ConfigError("build() needs lr_max; resolve lr_max = auto with fastadv.training.finder.auto_lr_max")
+    device = distributed.local_device(perf.resolve_device(cfg.device))
+    distributed.per_rank_batch(cfg.batch_size)  # the global batch must split evenly across processes
+    seed_everything(cfg.seed)
+    data = (data if data is not None else load_data(cfg, device)).limit_train(cfg.train_limit).to(device)
+    arch = arch_of(cfg, data, model)
+    net = own_model(model, data) if model is not None else build_checked(cfg, data)
+    net = net.to(device)
+    method = METHODS[cfg.method]
+    eps = resolve_eps(cfg)
+    alpha = cfg.alpha if cfg.alpha is not None else method.default_alpha(eps, cfg.attack_steps)
+    per_epoch = batches_per_epoch(len(data.y_train), cfg.batch_size)
+    steps_per_mb = method.steps_per_minibatch(cfg.replays, cfg.attack_steps)
+    minibatches = max(1, round(cfg.iterations / steps_per_mb) if cfg.iterations > 0  # thesis unit: steps
+                      else round(cfg.epochs * per_epoch))
+    total_steps = minibatches * steps_per_mb
+    lr_fn, mom_fn = schedules.for_config(cfg, total_steps)
+    channels_last = perf.resolve_channels_last(cfg.channels_last, device)
+    train_model = perf.prepare_model(net, channels_last=channels_last, compile=cfg.compile)  # shares net's weights
+    optimizer = make_optimizer(cfg, net)
+    loop = LoopState(next_eval=cfg.eval_every or max(1, total_steps // 10)).start(device)
+    ctx = StepContext(distributed.wrap(train_model, device), optimizer, eps, alpha, cfg.replays, cfg.attack_steps,
+                      hyperparam_setter(optimizer, lr_fn, mom_fn, lambda: loop.lr_scale),
+                      torch.Generator(device=device).manual_seed(distributed.rank_seed(cfg.seed + 1)),  # random starts
+                      precision=make_precision(cfg.precision, device), noise=cfg.noise)
+    augment = data.augment if cfg.augment is None else cfg.augment
+    stream = BatchStream(data.x_train, data.y_train, cfg.batch_size, augment=augment, shard=distributed.rows,
+                         generator=torch.Generator().manual_seed(cfg.seed))  # data order and augmentation
+    speed = {**perf.configure_backends(device), "channels_last": channels_last, "compile": cfg.compile,
+             "precision": ctx.precision.mode}
+    return Setup(cfg, device, data, net, ctx, stream, method, lr_fn, mom_fn, loop, eps, alpha, per_epoch,
+                 minibatches, total_steps, loop.next_eval, arch, channels_last, speed)
+
+
+def load_data(cfg: TrainConfig, device: torch.device) -> Dataset:
+    """The config's dataset on ``device``; under torchrun rank 0 fills the download cache before the others read it."""
+    with distributed.main_first():
+        return load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, device=device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or Adam (beta1 = momentum); weight decay on weights, not on biases and BN."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr_max, betas=(cfg.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=cfg.lr_max, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def own_model(model: nn.Module, data: Dataset) -> nn.Module:
+    """One's own net in the Normalize layout (unless it already is), checked on one of the data's images."""
+    from fastadv.models import Normalize
+
+    wrapped = isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[0], Normalize)
+    net = model if wrapped else wrap_model(model, data.channels, data.mean, data.std)
+    try:
+        with torch.no_grad():
+            out = net.eval()(torch.zeros(2, data.channels, data.size, data.size,
+                                         device=next(net.parameters()).device))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ConfigError(f"the model given cannot take {data.name}'s {data.channels}x{data.size}x{data.size} "
+                          f"images: {first_line(exc)}") from None
+    if out.dim() != 2 or out.shape[1] != data.num_classes:
+        raise ConfigError(f"the model given returns {tuple(out.shape)} for 2 images; it must return "
+                          f"(N, {data.num_classes}) logits for {data.name}")
+    return net
+
+
+def build_checked(cfg: TrainConfig, data: Dataset) -> nn.Module:
+    """The registry's model for the data, after ``check_model_args`` has tried it on the meta device."""
+    check_model_args(cfg, data)
+    return build_model(cfg.model, num_classes=data.num_classes, channels=data.channels, size=data.size,
+                       mean=data.mean, std=data.std, depth=cfg.depth, width=cfg.width)
+
+
+# ----------------------------------------------------------------------------- checks needing registries
+def check_config(cfg: TrainConfig, model: nn.Module | None = None) -> None:
+    """Everything that can be checked before any data is read: registry names (with the valid
+    ones), schedule specs (parameter types, contradictions, the values they produce), the model's
+    own arguments (e.g. wide-resnet depth), and that a given ``data_dir`` exists. ``model``: one's
+    own net, which replaces the registry's. Raises ConfigError with one line.
+    """
+    for kind, name, registry in (("dataset", cfg.dataset, DATASETS), ("method", cfg.method, METHODS)):
+        if name not in registry:
+            raise ConfigError(unknown_name(kind, name, registry))
+    if model is None and not is_known(cfg.model):
+        raise ConfigError(unknown_name("model", cfg.model, MODELS) + " or torchvision:NAME, timm:NAME")
+    check_schedules(cfg)
+    if model is None:
+        check_model_args(cfg)
+    if cfg.data_dir is not None and not Path(cfg.data_dir).expanduser().is_dir():
+        raise ConfigError(f"data_dir not found: {cfg.data_dir}")
+
+
+def check_schedules(cfg: TrainConfig) -> None:
+    """Build both schedules; their parameters must have the right types and values in range.
+
+    The LR must be finite and >= 0 everywhere and > 0 somewhere; momentum (Adam: beta1) in [0, 1).
+    Values are checked at SCHEDULE_SAMPLES + 1 evenly spaced points of training.
+    """
+    for field, spec, registry in (("lr_schedule", cfg.lr_schedule, schedules.SHAPES),
+                                  ("momentum_schedule", cfg.momentum_schedule, schedules.MOMENTUM_SHAPES)):
+        check_spec_types(field, spec, registry)
+    fns = dict(zip(("lr_schedule", "momentum_schedule"), schedules.for_config(cfg, SCHEDULE_SAMPLES)))
+    for field, fn in fns.items():
+        spec = getattr(cfg, field)
+        try:
+            values = [fn(step) for step in range(SCHEDULE_SAMPLES + 1)]
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:
+            raise ConfigError(f"{field} {spec!r} cannot be evaluated: {first_line(exc)}") from None
+        bad = next((v for v in values if not math.isfinite(v)), None)
+        if bad is not None:
+            raise ConfigError(f"{field} {spec!r} gives a non-finite value ({bad})")
+        if field == "lr_schedule" and (min(values) < 0 or max(values) <= 0):
+            raise ConfigError(f"lr_schedule {spec!r} gives learning rates from {min(values):.3g} to "
+                              f"{max(values):.3g}; they must be >= 0 and not all 0")
+        if field == "momentum_schedule" and not (0 <= min(values) and max(values) < 1):
+            raise ConfigError(f"momentum_schedule {spec!r} gives momenta from {min(values):.3g} to "
+                              f"{max(values):.3g}; they must be in [0, 1)")
+
+
+def check_spec_types(field: str, spec: str, registry: dict) -> None:
+    """A spec parameter whose default is a number must be given a number ('peak=abc' is an error)."""
+    name, params = parse_spec(spec)
+    if name not in registry:
+        return  # build() names the valid shapes
+    signature = inspect.signature(registry[name]).parameters
+    for key, value in params.items():
+        if key not in signature:
+            continue  # build() names the valid parameters
+        default, annotation = signature[key].default, str(signature[key].annotation)
+        numeric = (isinstance(default, (int, float)) and not isinstance(default, bool)) or annotation in (
+            "float", "int", "float | None", "int | None")
+        if numeric and not isinstance(value, float):
+            raise ConfigError(f"{field} {spec!r}: {key} expects a number, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{field} {spec!r}: {key} must be a finite number, got {value}")
+
+
+def check_model_args(cfg: TrainConfig, data: Dataset | None = None) -> None:
+    """Build the model on PyTorch's meta device (no memory, no compute) and run one image through it,
+    so bad arguments (wide-resnet depth 5) or, given the ``data``, images too small for the net fail as
+    ConfigError before any work. Without data a 3 x 32 x 32 image is used. Outside nets (torchvision:,
+    timm:) are only looked up by name here: building them on the meta device is not supported by all.
+    """
+    channels, size, classes = (data.channels, data.size, data.num_classes) if data is not None else (3, 32, 10)
+    if cfg.model not in MODELS:
+        return
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model, num_classes=classes, channels=channels, size=size,
+                                depth=cfg.depth, width=cfg.width)
+            model.eval()(torch.zeros(1, channels, size, size))
+    except (ValueError, RuntimeError, TypeError) as exc:
+        where = f" for {data.name}'s {channels}x{size}x{size} images" if data is not None else ""
+        raise ConfigError(f"model {cfg.model!r} cannot be built{where}: {first_line(exc)}") from None
+
+
+__all__ = ["Setup", "build", "check_config", "check_model_args", "make_optimizer", "seed_everything"]
