@@ -115,7 +115,24 @@ def cache_dir() -> Path:
 
 def load_dataset(name: str, data_dir: str | None = None, *, download: bool = True,
                  device: torch.device | str = "cpu") -> Dataset:
-    """Find, read and check a dataset; raises DataError with one line on failure."""
+    """Find, read and check a dataset; raises ``DataError`` with one line on failure.
+
+    Arguments:
+        name (str): ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``, ``digits`` or ``synthetic``.
+        data_dir (str, optional): looked in first, then ``$FASTADV_DATA``, then ``~/.cache/fastadv``
+            (``<name>.npz`` or torchvision's layout).
+        download (bool): a torchvision download into the cache when nothing is found. (Default: True)
+        device: where the arrays go. (Default: ``"cpu"``)
+
+    Returns:
+        ``Dataset``: uint8 :math:`(N, C, H, W)` train and test images, int64 labels, the per-channel mean
+        and std, whether crop+flip is the default, where it was read from (``split_note`` says when the
+        training split is partial).
+
+    Example::
+
+        data = fastadv.load_dataset("cifar10")
+    """
     if name not in DATASETS:
         raise DataError(unknown_name("dataset", name, DATASETS))
     info = DATASETS[name]

@@ -76,14 +76,29 @@ def input_gradient(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor,
 def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float,
         steps: int, restarts: int = 1, random_start: bool = True, loss: str = "ce",
         generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
-    """Projected gradient descent (L-inf), returning x_adv (same shape as x, N x C x H x W).
+    """Projected gradient descent (L-inf; Madry et al. 2018) from ``x``: the adversarial images.
 
-    Every example takes all ``steps`` signed-gradient steps of size ``alpha`` (no early
-    stop). With several ``restarts`` the per-example worst case is kept: a misclassifying
-    perturbation beats one that is not, and among equals the higher loss wins.
-    At ``eps = 0`` (or no steps) the result is ``x`` clipped to [0,1] with no work and no
-    random numbers drawn: inputs outside [0,1] then show up in the "robust at eps=0
-    equals clean" sanity check instead of passing silently.
+    Every example takes all ``steps`` signed-gradient steps of size ``alpha`` (no early stop). With
+    several ``restarts`` the per-example worst case is kept: a misclassifying perturbation beats one
+    that is not, and among equals the higher loss wins. At ``eps = 0`` (or no steps) the result is
+    ``x`` clipped to [0,1] with no work and no random numbers drawn.
+
+    Arguments:
+        model (nn.Module): takes [0,1] images, returns logits; its mode (train/eval) is left as it is.
+        eps (float): L-inf radius in pixel units, e.g. ``8/255``.
+        alpha (float): step size (the thesis' PGD-20: eps/4).
+        steps (int): iterations. restarts (int): random restarts, worst case kept. (Default: 1)
+        random_start (bool): start from U[-eps, eps] (Default: True), else from x.
+        loss (str): ``"ce"`` or ``"cw"`` (Carlini-Wagner margin). (Default: ``"ce"``)
+        generator (torch.Generator, optional): for the random starts.
+
+    Shape:
+        - x: :math:`(N, C, H, W)` in [0, 1]; y: :math:`(N)` class indices.
+        - output: :math:`(N, C, H, W)`, within ``eps`` of x and in [0, 1].
+
+    Example::
+
+        x_adv = fastadv.pgd(model, x, y, eps=8/255, alpha=2/255, steps=20)
     """
     if eps == 0 or steps == 0:
         return x.detach().clamp(0.0, 1.0)
@@ -115,7 +130,20 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
 def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
          alpha: float | None = None, random_start: bool = False, loss: str = "ce",
          generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
-    """Fast gradient sign method: one step of size ``alpha`` (default eps), from 0 or a random start."""
+    """Fast gradient sign method (Goodfellow et al. 2015): one step of size ``alpha`` from x (or a random start).
+
+    Arguments:
+        model (nn.Module): takes [0,1] images, returns logits.
+        eps (float): L-inf radius. alpha (float, optional): the step. (Default: eps)
+        random_start (bool): from U[-eps, eps] (FGSM-RS, Wong et al. 2020). (Default: False)
+
+    Shape:
+        - x: :math:`(N, C, H, W)` in [0, 1]; y: :math:`(N)`; output like x.
+
+    Example::
+
+        x_adv = fastadv.fgsm(model, x, y, eps=8/255)
+    """
     return pgd(model, x, y, eps=eps, alpha=eps if alpha is None else alpha, steps=1, restarts=1,
                random_start=random_start, loss=loss, generator=generator)
 

@@ -116,13 +116,29 @@ def evaluate(model: torch.nn.Module, data, *, attack: AttackSpec | str = "pgd", 
              sanity_points: int = 200, aa_lite: AALite | None = None) -> EvalResult:
     """Clean and robust accuracy (fractions in [0,1]) over the test split or an (x, y) pair.
 
-    Runs in eval mode and restores the model's previous mode. Images may be uint8 [0,255]
-    or float [0,1]. A point counts as robust only if the model is right on it and the
-    attack fails; every point is attacked for all steps, and with restarts the
-    per-example worst case is kept. ``sanity=True`` also runs the checks of
-    ``fastadv.evaluation.sanity`` on ``sanity_points`` points (``EvalResult.trusted`` says whether all passed).
-    ``aa_lite`` adds APGD-CE and APGD-T on the first ``aa_lite.points`` points, run only where
-    ``attack`` failed: ``EvalResult.aa_lite`` then holds the per-point worst case, the headline.
+    A point counts as robust only if the model is right on it and the attack fails; every point is
+    attacked for all steps, and with restarts the per-example worst case is kept. Runs in eval mode
+    and restores the model's previous mode.
+
+    Arguments:
+        model (nn.Module): takes [0,1] images, returns logits.
+        data: a ``fastadv.data.Dataset`` (its test split) or an ``(x, y)`` pair; uint8 [0,255] or float [0,1].
+        attack (AttackSpec or str): the attack, or its name with ``eps``, ``alpha``, ``steps``, ``restarts``,
+            ``loss``. (Default: PGD-20, step eps/4)
+        limit (int): the first ``limit`` points only (0 = all). batch_size (int): (Default: 500)
+        seed (int): seed of the random starts: one spec, one seed, one number. (Default: 0)
+        sanity (bool): also run the checks of ``fastadv.evaluation.sanity`` on ``sanity_points`` points.
+        aa_lite (AALite, optional): APGD-CE and APGD-T on the first ``aa_lite.points`` points, only where
+            ``attack`` failed: ``EvalResult.aa_lite`` then holds the per-point worst case, the headline.
+
+    Returns:
+        ``EvalResult``: clean_acc, robust_acc, losses, points, the attack's description, the sanity
+        verdicts (``trusted``) and ``aa_lite``.
+
+    Example::
+
+        r = fastadv.evaluate(model, data, eps=8/255, steps=20, aa_lite=fastadv.AALite(points=1000))
+        print(r.clean_acc, r.robust_acc, r.headline_acc)
     """
     spec = spec_from(attack, eps, alpha, steps, restarts, loss)
     x_all, y_all = test_split(data, limit)
@@ -255,13 +271,26 @@ def evaluate_suite(model: torch.nn.Module, data, attacks: Sequence[AttackSpec], 
                    limit: int = 0, batch_size: int = 500, seed: int = 0, device: torch.device | str | None = None,
                    sanity: bool = True, sanity_points: int = 200, num_classes: int | None = None,
                    progress: Progress | None = None, log: Callable[[str], None] | None = None) -> EvalReport:
-    """Clean accuracy, every attack in ``attacks``, their per-example worst case, the eps curve.
+    """The full evaluation of ``fastadv eval``: clean accuracy, every attack, their per-example worst case,
+    per-class accuracy, robust accuracy against eps and the sanity checks.
 
-    ``attacks[0]`` is the main attack: the eps curve repeats it at each eps in
-    ``eps_curve`` (on all the points), and the sanity checks probe it on a fixed subset of
-    ``sanity_points`` points. Each attack's random starts use a generator seeded with
-    ``seed``. ``progress(description, total)`` makes a progress bar (e.g. ``tqdm``);
-    ``log`` receives AutoAttack's own progress lines.
+    Arguments:
+        model (nn.Module): takes [0,1] images, returns logits.
+        data: a ``Dataset`` or an ``(x, y)`` pair.
+        attacks (list of AttackSpec): ``attacks[0]`` is the main attack: the eps curve repeats it at each
+            eps in ``eps_curve`` (on all the points) and the sanity checks probe it on ``sanity_points``.
+        limit, batch_size, seed: as for ``evaluate``.
+        progress (callable, optional): ``(description, total) -> bar`` (e.g. ``tqdm``).
+        log (callable, optional): receives AutoAttack's own progress lines.
+
+    Returns:
+        ``EvalReport``: ``worst_case_acc`` (the number to quote), each attack's results, ``per_class``,
+        ``eps_curve``, ``sanity``.
+
+    Example::
+
+        report = fastadv.evaluate_suite(model, data, [fastadv.AttackSpec("pgd", eps=8/255, steps=50, restarts=10),
+                                                      fastadv.AttackSpec("autoattack", eps=8/255)], limit=1000)
     """
     if not attacks:
         raise ValueError("evaluate_suite needs at least one attack")

@@ -104,9 +104,21 @@ def outside_net(name: str, num_classes: int, channels: int, size: int) -> nn.Mod
 def build_model(name: str, *, num_classes: int = 10, channels: int = 3, size: int = 32,
                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                 **kwargs) -> nn.Sequential:
-    """Build a registered (or ``torchvision:`` / ``timm:``) model with a Normalize layer in front.
+    """A registered, ``torchvision:NAME`` or ``timm:NAME`` model with a Normalize layer in front.
 
-    Extra keyword arguments (``depth``, ``width``) go to the network when it takes them.
+    Arguments:
+        name (str): a ``MODELS`` name (``small-cnn``, ``preact-resnet18``, ``wide-resnet``, ``fast-cnn``,
+            ``airbench``, ``airbench-half``), ``torchvision:resnet18``, ``timm:resnet18``, ...
+        num_classes, channels, size (int): the task's classes and image shape. (Default: 10, 3, 32)
+        mean, std (sequence of float): per-channel statistics on [0,1]. (Default: 0 and 1: no normalization)
+        depth, width (int): for the nets that take them (``wide-resnet``).
+
+    Returns:
+        ``nn.Sequential(Normalize(mean, std), net)``, untrained; it takes [0,1] images.
+
+    Example::
+
+        model = fastadv.build_model("airbench-half", mean=(0.4914, 0.4822, 0.4465), std=(0.247, 0.2435, 0.2616))
     """
     if not is_known(name):
         raise ValueError(f"unknown model {name!r} (valid: {', '.join(sorted(MODELS))}, torchvision:NAME, timm:NAME)")

@@ -106,12 +106,18 @@ def format_for(out: Path, fmt: str | None) -> str:
 
 def export_checkpoint(source: str | Path, out: str | Path, fmt: str | None = None, *, overwrite: bool = False,
                       model=None) -> dict:
-    """Write the model of a run directory or weights file to ``out``; returns a record of the export.
+    """Write the model of a run directory or weights file to ``out`` for RobustBench / AutoAttack users.
 
-    The record (also written to ``<out>.json``) holds the format, the architecture, the
-    ``build_model`` arguments and the loading snippet. Raises ``ExportError`` (one line) on
-    a bad output name, an existing file without ``overwrite``, or a failed load-back check.
-    ``model``: for a run that trained one's own module, that module freshly built (as for ``load_model``).
+    Arguments:
+        source: a run directory or weights file. out: ``.pt`` (plain ``state_dict``) or ``.safetensors``.
+        fmt (str, optional): ``"robustbench"`` or ``"safetensors"``; by default from the suffix of ``out``.
+        overwrite (bool): replace an existing file. (Default: False)
+        model (nn.Module, optional): for a run that trained one's own module, that module freshly built.
+
+    Returns:
+        The record also written to ``<out>.json``: format, architecture, ``build_model`` arguments and the
+        loading snippet. Raises ``ExportError`` (one line) on a bad name, an existing file without
+        ``overwrite``, or a failed load-back check.
     """
     out = Path(out)
     fmt = format_for(out, fmt)

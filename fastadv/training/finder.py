@@ -86,21 +86,9 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float, floa
 
 
 # ----------------------------------------------------------------------------- the test
-def lr_range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                  batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, method: str = "fgsm-rs",
-                  eps: float = 0.3, alpha: float | None = None, replays: int = 8, attack_steps: int = 7,
-                  start_lr: float = 1e-5, end_lr: float = 10.0, num_steps: int = 100, beta: float = 0.9,
-                  diverge: float = 4.0, generator: torch.Generator | None = None, precision=None) -> RangeTest:
-    """Run an LR range test with ``method``'s step function and restore model and optimizer after.
-
-    batches: (x, y) minibatches, x float in [0,1] (N x C x H x W) on the model's device; one LR per
-    minibatch (Free-m's ``replays`` optimizer steps all use that minibatch's LR); the test ends early
-    if they run out. eps, alpha: the method's attack radius and step (alpha None = the method's
-    default). beta: EMA factor of the smoothing. diverge: stop once smoothed loss > diverge * minimum.
-    Momentum, weight decay and the rest are the optimizer's own settings.
-    """
-    from fastadv.core.methods import METHODS, StepContext
-    from fastadv.core.precision import FP32
+def check_sweep(method: str, beta: float, diverge: float) -> None:
+    """One-line ConfigError for a bad range-test setting."""
+    from fastadv.core.methods import METHODS
 
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r} (valid: {', '.join(sorted(METHODS))})")
@@ -108,6 +96,36 @@ def lr_range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         raise ConfigError(f"beta must be in [0, 1), got {beta}")
     if diverge <= 1:
         raise ConfigError(f"diverge must be > 1, got {diverge}")
+
+
+def lr_range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, method: str = "fgsm-rs",
+                  eps: float = 0.3, alpha: float | None = None, replays: int = 8, attack_steps: int = 7,
+                  start_lr: float = 1e-5, end_lr: float = 10.0, num_steps: int = 100, beta: float = 0.9,
+                  diverge: float = 4.0, generator: torch.Generator | None = None, precision=None) -> RangeTest:
+    """An LR range test with ``method``'s step function (thesis 4.2.1); the model and optimizer are restored after.
+
+    Arguments:
+        model, optimizer: any; momentum, weight decay and the rest are the optimizer's own settings.
+        batches: (x, y) minibatches, x float in [0,1] on the model's device; one LR per minibatch (Free-m's
+            ``replays`` optimizer steps all use that minibatch's LR); the test ends early if they run out.
+        method (str): the training method whose loss is recorded (adversarial for adversarial methods).
+        eps, alpha: the method's radius and step (alpha None = the method's default).
+        start_lr, end_lr, num_steps: the exponential sweep. (Default: 1e-5 to 10 in 100 minibatches)
+        beta (float): EMA factor of the smoothing. diverge (float): stop once smoothed loss > diverge x its minimum.
+
+    Returns:
+        ``RangeTest``: the LRs and losses, ``suggestion`` (the thesis' rule: the LR at the smoothed
+        minimum / 10), ``steepest_lr``, why it stopped; ``.plot(path)`` draws it.
+
+    Example::
+
+        test = fastadv.lr_range_test(model, optimizer, batches, method="free", eps=8/255, replays=8)
+    """
+    from fastadv.core.methods import METHODS, StepContext
+    from fastadv.core.precision import FP32
+
+    check_sweep(method, beta, diverge)
     lrs = exponential_lrs(start_lr, end_lr, num_steps)
     step_fn = METHODS[method]
     alpha = step_fn.default_alpha(eps, attack_steps) if alpha is None else alpha
@@ -214,8 +232,17 @@ class WeightDecaySearch:
 
 def find_weight_decay(cfg: TrainConfig, weight_decays=DEFAULT_WEIGHT_DECAYS, data=None,
                       **finder_args) -> WeightDecaySearch:
-    """One range test per weight decay (same seed: same initial weights and data order); the best
-    allows the highest maximum LR (thesis rule), ties broken by the lower smoothed-loss minimum."""
+    """The weight-decay finder (thesis 4.2.3): one range test per weight decay, same seed (same initial weights
+    and data order); the best allows the highest maximum LR (thesis rule), ties broken by the lower minimum.
+
+    Arguments:
+        cfg (TrainConfig): the training config the tests are run for.
+        weight_decays (sequence of float): the candidates. (Default: 1e-3, 5e-4, 2e-4, 1e-4, 0)
+        data (Dataset, optional): instead of loading ``cfg.dataset``.
+
+    Returns:
+        ``WeightDecaySearch``: every ``RangeTest`` and ``best``; ``.plot(path)`` draws them on one figure.
+    """
     from fastadv.core.perf import resolve_device
     from fastadv.data import load_dataset
 

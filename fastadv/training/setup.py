@@ -77,10 +77,24 @@ class Setup:
 
 
 def build(cfg: TrainConfig, data: Dataset | None = None, model: nn.Module | None = None) -> Setup:
-    """The setup of a run of ``cfg``: data (loaded when not given), model (``model``: one's own net, else
-    the registry's), optimizer, schedules, step context, data stream and generators. Seeds everything.
+    """The setup of a run of ``cfg``: data, model, optimizer, schedules, step context, data stream, generators.
 
-    ``lr_max`` must be set: "auto" (None) is resolved first by ``fastadv.training.finder.auto_lr_max``.
+    Seeds everything first. ``lr_max`` must be set: "auto" (None) is resolved before, by
+    ``fastadv.training.finder.auto_lr_max`` (``fastadv.train`` does that).
+
+    Arguments:
+        cfg (TrainConfig): the run's config.
+        data (Dataset, optional): instead of loading ``cfg.dataset``.
+        model (nn.Module, optional): one's own net (normalized input, logits out) instead of ``cfg.model``.
+
+    Returns:
+        ``Setup``: everything a training job works with (``s.ctx`` steps, ``s.stream`` draws batches).
+
+    Example::
+
+        s = fastadv.build(fastadv.TrainConfig(dataset="cifar10", model="airbench-half", method="fgsm-rs"))
+        x, y = next(s.stream)
+        stats = s.method.step(s.ctx, x, y)
     """
     if cfg.lr_max is None:
         raise ConfigError("build() needs lr_max; resolve lr_max = auto with fastadv.training.finder.auto_lr_max")

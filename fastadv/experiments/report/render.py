@@ -77,6 +77,10 @@ def _notes(groups, baseline, target, target_given, unfinished, smoothing) -> lis
                                                        f"{r.summary.get('eval_points', '?')} test points"
                                                        for g in groups for r in g.runs}))
              + f". Curves: {_check_desc(run)}.",
+             "AA-lite: " + ("; ".join(sorted({f"{r.summary['aa_lite']['attack']} on the first "
+                                              f"{r.summary['aa_lite']['points']} test points"
+                                              for g in groups for r in g.runs if r.summary.get("aa_lite")}))
+                            or "not run (final_aa_points = 0)") + ".",
              "Train s: training wall-clock time, held-out checks and final evaluation excluded."]
     if target is not None:
         source = ("given with --target" if target_given

@@ -45,6 +45,12 @@ class Group:
     def final(self, key: str) -> np.ndarray:
         return np.array([float(r.summary[key]) for r in self.runs])
 
+    def outside(self) -> np.ndarray | None:
+        """Each seed's AA-lite figure (the per-point worst case with APGD; summary "aa_lite"), or None when a
+        seed has none."""
+        values = [(r.summary.get("aa_lite") or {}).get("robust_acc") for r in self.runs]
+        return None if any(v is None for v in values) else np.array(values, dtype=float)
+
     def mean_curve(self, key: str) -> np.ndarray:
         """Seed mean of a curve, over the checks every seed has (same eval_every: same steps)."""
         n = min(len(r.curves[key]) for r in self.runs)

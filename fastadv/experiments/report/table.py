@@ -34,6 +34,7 @@ class Row:
     seeds: int
     clean: str
     robust: str
+    outside: str  # AA-lite: the worst case of PGD and APGD (pyautoattack), on its own points
     iterations: int
     grads: int
     seconds: str
@@ -64,7 +65,8 @@ def table_rows(groups: list[Group], baseline: str | None, target: float | None,
         speed = (f"{base_ttt / ttt_secs:.2f}×" if base_ttt and ttt_secs else "–")
         rows.append(Row(
             label=g.label, seeds=len(g.runs), clean=mean_std(g.final("clean_acc"), 100),
-            robust=mean_std(g.final("robust_acc"), 100), iterations=int(round(g.final("steps").mean())),
+            robust=mean_std(g.final("robust_acc"), 100),
+            outside=mean_std(g.outside(), 100) if g.outside() is not None else "–", iterations=int(round(g.final("steps").mean())),
             grads=int(round(g.final("grad_computations").mean())), seconds=mean_std(g.final("train_seconds"), 1, 0),
             steps_to_target=ttt_steps, seconds_to_target=f"{ttt_secs:.0f}" if ttt_secs is not None else "–",
             speedup=speed, robust_mean=float(g.final("robust_acc").mean()), raw_seconds_to_target=ttt_secs))
@@ -84,12 +86,12 @@ def resolve_target(groups: list[Group], baseline: str | None, target: float | No
     return float(target_curve(next(g for g in groups if g.label == baseline), smoothing)[-1])
 
 
-TABLE_HEAD = ("config", "seeds", "clean acc %", "robust acc % (final)", "iterations", "grad computations",
-              "train s", "iterations to target", "s to target", "speed-up (s)")
+TABLE_HEAD = ("config", "seeds", "clean acc %", "robust acc % (final PGD)", "AA-lite %", "iterations",
+              "grad computations", "train s", "iterations to target", "s to target", "speed-up (s)")
 
 
 def row_cells(r: Row) -> tuple:
-    return (r.label, r.seeds, r.clean, r.robust, r.iterations, r.grads, r.seconds, r.steps_to_target,
+    return (r.label, r.seeds, r.clean, r.robust, r.outside, r.iterations, r.grads, r.seconds, r.steps_to_target,
             r.seconds_to_target, r.speedup)
 
 
