@@ -96,3 +96,14 @@ def test_help_lists_the_presets(capsys):
         main(["train", "--help"])
     text = capsys.readouterr().out
     assert all(name in text for name in PRESETS)
+
+
+@pytest.mark.slow
+def test_train_dataset_mnist_one_epoch_just_works(mnist, tmp_path, capsys):
+    """`fastadv train --dataset mnist --epochs 1`: the preset's recipe, shortened, is accurate and robust."""
+    assert main(["train", "--dataset", "mnist", "--epochs", "1", "--final-limit", "1000", "--final-aa-points", "300",
+                 "--no-progress", "--out-dir", str(tmp_path), "--name", "one"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert summary["clean_acc"] >= 0.97 and summary["robust_acc"] >= 0.5 and summary["headline"]["robust_acc"] >= 0.5
+    assert out.index("robust accuracy (AA-lite)") < out.index("clean accuracy")  # the headline comes first
