@@ -15,8 +15,8 @@ load from other processes hits all of them alike:
 
 Each recipe's length in epochs is set so that its training takes the wall budget: a short
 calibration run of each measures its seconds per minibatch first. During training the trainer's
-held-out check (PGD-10, step eps/4, 1,000 fixed test points; its time excluded from the clock)
-runs about 12 times; the figure of merit is the training time at the first check at or above
+held-out check (PGD-10, step eps/4, 500 fixed test points; its time excluded from the clock)
+runs about 10 times; the figure of merit is the training time at the first check at or above
 ``TARGET``. At the end of each run: clean accuracy and PGD-20 (step eps/4 = 2/255, 1 restart) on
 the first ``FINAL_POINTS`` test images and AA-lite (the per-point worst case of that PGD-20,
 APGD-CE and APGD-T with 3 target classes, pyautoattack) on the first ``AA_POINTS``. The ratio is
@@ -38,16 +38,16 @@ from fastadv.data import batches_per_epoch
 
 NAME = "cifar-cpu"
 DESCRIPTION = "CIFAR-10 on a CPU: five recipes (Free-8, FGSM-RS, N-FGSM, PGD-2, fastadv) at one wall budget"
-HEAVY = True  # about an hour and a half in full (two seeds); runs only when named with --only
+HEAVY = True  # about 75 minutes in full (two seeds); runs only when named with --only
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_FILE = ROOT / "configs" / "cifar10-cpu.toml"
-TARGET = 0.35  # held-out PGD-10 robust accuracy (1,000 points) that counts as "reached"
-BUDGET = 600.0  # seconds of training per run (full run); --quick: QUICK_BUDGET
-QUICK_BUDGET = 150.0
-FINAL_POINTS = 2000
-AA_POINTS = 1000
-CHECKS = 12  # held-out checks per run
+TARGET = 0.35  # held-out PGD-10 robust accuracy (500 points) that counts as "reached"
+BUDGET = 300.0  # seconds of training per run (full run: 5 recipes x 2 seeds, about 75 minutes); --quick: QUICK_BUDGET
+QUICK_BUDGET = 120.0
+FINAL_POINTS = 1000
+AA_POINTS = 500
+CHECKS = 10  # held-out checks per run
 
 TRIANGLE = "one-cycle:peak=0.4,end_cycle=1,div=1e9"  # linear 0 -> lr_max at 40% -> 0 (Wong's "cyclic")
 PEERS = {
@@ -79,19 +79,19 @@ def recipes() -> dict[str, dict]:
 
 
 def run_config(cfg: dict, *, seed: int, device, out_dir: str, name: str, epochs: float, final_points: int,
-               aa_points: int) -> dict:
+               aa_points: int, eval_points: int = 500) -> dict:
     """A recipe as one benchmark run: its length in epochs, the shared evaluation settings."""
     return {**cfg, "seed": seed, "device": str(device), "epochs": epochs, "iterations": 0, "progress": False,
             "out_dir": out_dir, "name": name, "final_limit": final_points, "final_aa_points": aa_points,
-            "eval_size": 1000, "eval_attack_steps": 10}
+            "eval_size": eval_points, "eval_attack_steps": 10}
 
 
 def calibrate(cfg: dict, data, device, out_dir: str, minibatches: int = 12) -> float:
     """Seconds of training per minibatch for ``cfg`` (a short run of the real loop; first steps included)."""
     per_epoch = batches_per_epoch(len(data.y_train), cfg["batch_size"])
     probe = {**cfg, "seed": 0, "device": str(device), "epochs": minibatches / per_epoch, "iterations": 0,
-             "progress": False, "out_dir": out_dir, "name": None, "final_limit": 100, "final_aa_points": 0,
-             "eval_size": 100, "eval_attack_steps": 1, "eval_every": 10**9, "eps_warmup": 0.0}
+             "progress": False, "out_dir": out_dir, "name": None, "final_limit": 16, "final_aa_points": 0,
+             "eval_size": 16, "eval_attack_steps": 1, "eval_every": 10**9, "eps_warmup": 0.0}
     summary = fastadv.train(probe, data=data).summary
     return summary["train_seconds"] / max(summary["minibatches"], 1)
 
@@ -108,7 +108,7 @@ def first_hit(points: list[dict], target: float) -> dict | None:
 
 def run(device, quick: bool = False, seeds: int | None = None, budget: float | None = None, log=print,
         target: float = TARGET, final_points: int | None = None, aa_points: int | None = None,
-        train_limit: int = 0, only: list[str] | None = None, **_) -> dict:
+        train_limit: int = 0, only: list[str] | None = None, eval_points: int = 500, **_) -> dict:
     """Calibrate, then train every recipe for ``budget`` seconds per seed, alternating; see the module docstring."""
     budget = budget or (QUICK_BUDGET if quick else BUDGET)
     seeds = seeds or (1 if quick else 2)
@@ -130,7 +130,8 @@ def run(device, quick: bool = False, seeds: int | None = None, budget: float | N
                     cfg.get("replays", 8), cfg.get("attack_steps", 7))
                 minibatches = max(1, round(epochs[name] * per_epoch[name]))
                 run_cfg = {**run_config(cfg, seed=seed, device=device, out_dir=tmp, name=f"{name}-{seed}",
-                                        epochs=epochs[name], final_points=final_points, aa_points=aa_points),
+                                        epochs=epochs[name], final_points=final_points, aa_points=aa_points,
+                                        eval_points=eval_points),
                            "eval_every": max(1, minibatches // CHECKS) * steps_per_mb}
                 with PeakMemory(device) as mem:
                     result = fastadv.train(run_cfg, data=data)
@@ -196,7 +197,7 @@ def summarize(runs: dict, chosen: dict, *, budget, seeds, target, final_points, 
     text += (f"\nratio fastadv / best peer ({best_peer}) in median seconds to {target:.0%} held-out PGD-10: "
              + (f"{ratio:.2f}" if ratio is not None else "n/a (a recipe did not reach the target in most seeds)")
              + f"\nbudget {budget:.0f} s of training per run, {seeds} seed(s), medians over seeds; held-out check: "
-               f"PGD-10 (step eps/4) on 1,000 fixed test points, time excluded; final: PGD-20 (step 2/255, 1 restart) "
+               f"PGD-10 (step eps/4) on 500 fixed test points, time excluded; final: PGD-20 (step 2/255, 1 restart) "
                f"on the first {final_points} test images, AA-lite (PGD-20 + APGD-CE + APGD-T, 3 targets) on the "
                f"first {aa_points}; data: {data.name}, {len(data.y_train):,} training images"
              + (f" ({data.split_note})" if data.split_note else ""))

@@ -21,10 +21,10 @@ Before the recipes, the step-cost benchmark's CIFAR setup runs in quick mode (Fr
 PGD-K over a clean step). It writes ``results.json`` and PNG figures (held-out robust and clean
 accuracy against training seconds) into ``--out``, and prints a table.
 
-The training data travels in parts when it is too large for one transfer: ``split`` writes
-``cifar10-part1.npz`` (test split and the first half of train) and ``cifar10-part2.npz`` (the rest);
-``--data-dir`` holding both parts and no ``cifar10.npz`` makes the suite put the whole file back
-together there first.
+The training data travels in parts when it is too large for one transfer (64 MiB): ``split`` writes
+``cifar10-part1.npz`` (the test split, 31 MB), ``cifar10-part2.npz`` and ``cifar10-part3.npz`` (each
+half of the training split, 57 MB for the local 36,947 images), uncompressed uint8; ``--data-dir``
+holding the parts and no ``cifar10.npz`` makes the suite put the whole file back together first.
 """
 from __future__ import annotations
 
@@ -41,25 +41,25 @@ FAST_CONFIG = ROOT / "configs" / "cifar10-fast.toml"
 BUDGET = 540.0  # seconds for the whole suite (9 minutes)
 NAME = "gpu"
 DESCRIPTION = "CIFAR-10 recipes on one CUDA device (run with --suite gpu; --tiny on a CPU)"
-PARTS = ("cifar10-part1.npz", "cifar10-part2.npz")
+PARTS = ("cifar10-part1.npz", "cifar10-part2.npz", "cifar10-part3.npz")
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 # ----------------------------------------------------------------------------- data in parts
 def split(src: Path, out_dir: Path) -> list[Path]:
-    """Write ``src`` (a cifar10.npz) as two uint8 parts: test + first half of train, then the rest."""
+    """Write ``src`` (a cifar10.npz) as three uint8 parts: the test split, then each half of the training split."""
     import numpy as np
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with np.load(src, allow_pickle=False) as f:
         arrays = {k: f[k] for k in KEYS}
     half = len(arrays["y_train"]) // 2
-    first = {"x_test": arrays["x_test"], "y_test": arrays["y_test"],
-             "x_train": arrays["x_train"][:half], "y_train": arrays["y_train"][:half]}
-    second = {"x_train": arrays["x_train"][half:], "y_train": arrays["y_train"][half:]}
-    paths = [out_dir / PARTS[0], out_dir / PARTS[1]]
-    np.savez(paths[0], **first)  # uncompressed: CIFAR pixels barely compress and loading stays fast
-    np.savez(paths[1], **second)
+    parts = [{"x_test": arrays["x_test"], "y_test": arrays["y_test"]},
+             {"x_train": arrays["x_train"][:half], "y_train": arrays["y_train"][:half]},
+             {"x_train": arrays["x_train"][half:], "y_train": arrays["y_train"][half:]}]
+    paths = [out_dir / name for name in PARTS]
+    for path, part in zip(paths, parts):
+        np.savez(path, **part)  # uncompressed: CIFAR pixels barely compress and loading stays fast
     return paths
 
 
@@ -70,10 +70,15 @@ def assemble(data_dir: Path) -> Path | None:
     target = data_dir / "cifar10.npz"
     if target.is_file() or not all((data_dir / p).is_file() for p in PARTS):
         return target if target.is_file() else None
-    with np.load(data_dir / PARTS[0], allow_pickle=False) as a, np.load(data_dir / PARTS[1], allow_pickle=False) as b:
-        whole = {"x_test": a["x_test"], "y_test": a["y_test"],
-                 "x_train": np.concatenate([a["x_train"], b["x_train"]]),
-                 "y_train": np.concatenate([a["y_train"], b["y_train"]])}
+    loaded = [np.load(data_dir / name, allow_pickle=False) for name in PARTS]
+    try:
+        test, first, second = loaded
+        whole = {"x_test": test["x_test"], "y_test": test["y_test"],
+                 "x_train": np.concatenate([first["x_train"], second["x_train"]]),
+                 "y_train": np.concatenate([first["y_train"], second["y_train"]])}
+    finally:
+        for f in loaded:
+            f.close()
     tmp = data_dir / ".cifar10.npz.tmp.npz"
     np.savez(tmp, **whole)
     tmp.replace(target)
@@ -231,7 +236,7 @@ def run(device, quick: bool = False, tiny: bool = False, out: Path | None = None
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_suite", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command")
-    sp = sub.add_parser("split", help="write cifar10.npz as two parts for transfer")
+    sp = sub.add_parser("split", help="write cifar10.npz as three parts for transfer (each under 64 MiB)")
     sp.add_argument("src", type=Path)
     sp.add_argument("out_dir", type=Path)
     parser.add_argument("--out", type=Path, default=Path("gpu-results"), help="folder for results.json and figures")

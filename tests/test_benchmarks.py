@@ -1,0 +1,38 @@
+"""The cifar-cpu peer benchmark runs end to end (tiny: a few hundred images, seconds of training per recipe)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import cifar_cpu
+
+
+def test_peer_recipes_share_the_net_data_and_engine_and_differ_as_published():
+    recipes = cifar_cpu.recipes()
+    ours = recipes["fastadv"]
+    assert set(recipes) == {"free-shafahi", "fgsm-rs-wong", "n-fgsm", "pgd-2", "fastadv"}
+    for name, cfg in recipes.items():
+        assert all(cfg.get(k) == ours.get(k) for k in cifar_cpu.SHARED), name
+    free, wong, nfgsm = recipes["free-shafahi"], recipes["fgsm-rs-wong"], recipes["n-fgsm"]
+    assert (free["replays"], free["lr_max"], free["weight_decay"]) == (8, 0.1, 2e-4)
+    assert free["lr_schedule"] == "piecewise:values=1/0.1/0.01,boundaries=0.5/0.75" and "alpha" not in free
+    assert (wong["alpha"], wong["lr_max"], wong["weight_decay"]) == ("10/255", 0.2, 5e-4)
+    assert (nfgsm["method"], nfgsm["noise"], nfgsm["alpha"]) == ("n-fgsm", 2.0, "8/255")
+    assert recipes["pgd-2"]["attack_steps"] == 2
+
+
+def test_tiny_benchmark_runs_every_recipe_and_gives_a_table():
+    import fastadv
+    from fastadv.data import DataError
+
+    try:
+        fastadv.load_dataset("cifar10", download=False)
+    except DataError as exc:
+        pytest.skip(f"CIFAR-10 not available ({exc})")
+    out = cifar_cpu.run(torch.device("cpu"), budget=1.5, seeds=1, train_limit=512, final_points=32, aa_points=16, eval_points=32,
+                        target=0.0, log=lambda s: None)
+    assert set(out["summary"]) == set(cifar_cpu.recipes())
+    for name, s in out["summary"].items():
+        assert s["reached"] == "1/1" and s["median_seconds_to_target"] is not None, name  # target 0: the first check
+    assert out["ratio"] is not None and "ratio fastadv / best peer" in out["table"]
+    assert out["data_note"].startswith("partial training split")
