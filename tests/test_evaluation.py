@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import fastadv
 from fastadv.cli import main
 from fastadv.evaluation import PRESETS, AttackSpec, EvalReport, evaluate, evaluate_suite
 from fastadv.evaluation.sanity import CheckResult
@@ -129,7 +130,30 @@ def test_eval_command_json_and_preset(robust_mnist_run, capsys, tmp_path):
     assert json.loads((tmp_path / "e.json").read_text())["worst_case_acc"] == record["worst_case_acc"]
 
 
+def test_eval_apgd_gives_the_aa_lite_worst_case(robust_mnist_run, capsys, tmp_path):
+    """`fastadv eval RUN --apgd --limit N`: PGD-20, APGD-CE and APGD-T; the worst case agrees with the run's own
+    AA-lite on the same points (up to the attacks' random starts: within 2 points of 100)."""
+    run = robust_mnist_run.run_dir
+    assert main(["eval", str(run), "--apgd", "--limit", "100", "--json", "--sanity-points", "20",
+                 "--output", str(tmp_path / "e.json"), "--no-progress"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    names = [a["name"] for a in record["attacks"]]
+    assert names == ["pgd", "fgsm", "apgd-ce", "apgd-t"] and record["attacks"][3]["targets"] == 3
+    assert record["worst_case_acc"] <= min(a["robust_acc"] for a in record["attacks"])
+    from fastadv.evaluation import AALite, AttackSpec
+
+    own = fastadv.evaluate(fastadv.load_model(run), robust_mnist_run_points(), attack=AttackSpec("pgd", eps=0.3),
+                           aa_lite=AALite(points=100))
+    assert abs(own.aa_lite["robust_acc"] - record["worst_case_acc"]) <= 0.02
+
+
+def robust_mnist_run_points():
+    data = fastadv.load_dataset("mnist", download=False)
+    return data.x_test[:100], data.y_test[:100]
+
+
 @pytest.mark.parametrize("argv,message", [
+    (["--apgd-targets", "0"], "--apgd-targets must be >= 1"),
     (["--preset", "pgd7"], "unknown preset 'pgd7' (valid: pgd20, pgd50-10)"),
     (["--eps-curve", "0,2"], "--eps-curve radii must be in [0, 1]"),
     (["--eps-curve", "0,x"], "--eps-curve expects a number"),

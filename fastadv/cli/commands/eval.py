@@ -34,8 +34,12 @@ def configure(parser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="PGD steps [default: 20]")
     parser.add_argument("--restarts", type=int, default=None, help="PGD random restarts [default: 1]")
     parser.add_argument("--loss", default="ce", help="ce (cross-entropy) | cw (Carlini-Wagner margin) [default: ce]")
-    parser.add_argument("--autoattack", action="store_true", help="also run standard AutoAttack (pyautoattack; "
-                        "pip install pyautoattack, a dependency of fastadv)")
+    parser.add_argument("--apgd", action="store_true", help="also run APGD-CE and APGD-T (pyautoattack): with the "
+                        "main PGD the worst case is AA-lite, every run's headline (use --limit 1000 as training does)")
+    parser.add_argument("--apgd-targets", type=int, default=3, help="APGD-T's target classes [default: 3, as a "
+                        "run's AA-lite; AutoAttack standard: 9]")
+    parser.add_argument("--autoattack", action="store_true", help="also run standard AutoAttack (APGD-CE, APGD-T, "
+                        "FAB-T, Square; pyautoattack, a dependency of fastadv)")
     parser.add_argument("--eps-curve", default=None, metavar="LIST",
                         help="comma-separated radii, e.g. 0,1/255,2/255,4/255,8/255: robust accuracy of the main "
                         "attack at each (table and eps_curve.png)")
@@ -92,7 +96,9 @@ def check_flags(args) -> dict:
     if alpha is not None and alpha <= 0:
         raise ConfigError(f"--alpha must be > 0, got {alpha}")
     curve = parse_eps_list(args.eps_curve) if args.eps_curve is not None else []
-    if args.autoattack:
+    if args.apgd_targets < 1:
+        raise ConfigError(f"--apgd-targets must be >= 1, got {args.apgd_targets}")
+    if args.autoattack or args.apgd:
         from fastadv.core.attacks import require_pyautoattack
 
         require_pyautoattack()
@@ -109,6 +115,9 @@ def attack_specs(args, eps: float, alpha: float | None) -> list:
     fgsm = AttackSpec("fgsm", eps=eps, loss=args.loss)
     specs = [fgsm] if args.attack == "fgsm" else [
         AttackSpec("pgd", eps=eps, alpha=alpha, steps=steps, restarts=restarts, loss=args.loss), fgsm]
+    if args.apgd:
+        specs += [AttackSpec("apgd-ce", eps=eps, steps=100), AttackSpec("apgd-t", eps=eps, steps=100,
+                                                                        targets=args.apgd_targets)]
     if args.autoattack:
         specs.append(AttackSpec("autoattack", eps=eps))
     return specs
@@ -141,7 +150,7 @@ def run(args) -> int:
     specs = attack_specs(args, eps, flags["alpha"])
     show = sys.stderr.isatty() if args.progress is None else args.progress
     progress = make_progress() if show else None
-    log = (lambda line: print(line, file=sys.stderr, flush=True)) if show or args.autoattack else None
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if show or args.autoattack else None  # AA's own lines
 
     report = evaluate_suite(model, data, specs, eps_curve=flags["curve"], limit=args.limit,
                             batch_size=args.batch_size, seed=args.seed, device=device,
