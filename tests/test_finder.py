@@ -12,6 +12,7 @@ from fastadv.cli import main
 from fastadv.config import ConfigError, TrainConfig
 from fastadv.data import batches
 from fastadv.models import build_model
+from fastadv.stats import smooth
 from fastadv.training import finder
 
 QUICK = {"dataset": "synthetic", "model": "small-cnn", "batch_size": 64, "progress": False, "eps": 0.1,

@@ -131,8 +131,11 @@ def test_guard_catches_a_real_catastrophic_overfitting(mnist, tmp_path):
 
 
 # ----------------------------------------------------------------------------- not learning
-DEAD = {"dataset": "mnist", "preset": "none", "epochs": 1, "train_limit": 20000, "eval_size": 500,
-        "final_limit": 500, "final_aa_points": 0, "progress": False}  # the old defaults: Free-8, SGD, LR 0.1, eps 0.3
+# The old defaults (Free-8, SGD, eps 0.3) on a third of MNIST. At LR 0.1, the measured case, such a short run
+# collapses to chance in some seeds and recovers in others; at 0.3 it is at chance by 30-40% of the budget in
+# every seed tried (0, 1, 2), so the test does not depend on the seed or the thread count.
+DEAD = {"dataset": "mnist", "preset": "none", "epochs": 1, "train_limit": 20000, "lr_max": 0.3, "eval_size": 500,
+        "final_limit": 500, "final_aa_points": 0, "progress": False}
 
 
 def test_a_run_stuck_at_chance_stops_early_with_one_line_and_keeps_its_checkpoint(mnist, tmp_path, capsys):
