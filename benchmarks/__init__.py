@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ("step_cost", "eval_throughput", "time_to_robust", "cifar_cpu")
+MODULES = ("step_cost", "eval_throughput", "time_to_robust", "cifar_cpu", "cpu_speed")
 
 
 def registry() -> dict:

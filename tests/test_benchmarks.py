@@ -36,3 +36,15 @@ def test_tiny_benchmark_runs_every_recipe_and_gives_a_table():
         assert s["reached"] == "1/1" and s["median_seconds_to_target"] is not None, name  # target 0: the first check
     assert out["ratio"] is not None and "ratio fastadv / best peer" in out["table"]
     assert out["data_note"].startswith("partial training split")
+
+
+def test_cpu_speed_measures_every_variant_and_names_what_auto_picks():
+    from benchmarks import cpu_speed
+
+    out = cpu_speed.run(torch.device("cpu"), quick=True, nets=[("small-cnn / MNIST", "small-cnn", 1, 28, 8)],
+                        compile_too=False, log=lambda s: None)
+    (row,) = out["rows"]
+    assert set(row["img_per_s"]) == {"fp32-NCHW", "fp32-NHWC", "bf16-NCHW", "bf16-NHWC"}
+    assert all(v > 0 for v in row["img_per_s"].values())
+    assert row["fastest"] in row["img_per_s"] and row["auto"] in row["img_per_s"]
+    assert 0 < row["auto_vs_fastest"] <= 1 and "auto/fastest" in out["table"]

@@ -162,3 +162,26 @@ def test_fp16_on_cuda_has_a_gradscaler_and_trains():
     stats = METHODS["pgd"].step(context(model, "pgd", prec), x, y)
     assert torch.isfinite(stats.loss_sum)
     assert make_precision("auto", device).mode in ("bf16", "fp16")
+
+
+def test_bf16_training_keeps_accuracy_within_seed_noise(mnist):
+    """Same seed, fp32 against bf16 autocast: a short FGSM-RS run ends within the spread that another seed
+    gives in fp32 (clean and PGD-10 on 1,000 test points)."""
+    import fastadv
+
+    cfg = {"dataset": "mnist", "preset": "none", "model": "small-cnn", "method": "fgsm-rs", "eps": 0.1,
+           "epochs": 1, "train_limit": 6000, "batch_size": 100, "optimizer": "adam", "lr_max": 5e-3,
+           "weight_decay": 0.0, "eval_size": 200, "final_limit": 1000, "final_attack_steps": 10,
+           "final_aa_points": 0, "progress": False}
+
+    def accs(precision, seed, tmp):
+        s = fastadv.train({**cfg, "precision": precision, "seed": seed, "out_dir": str(tmp)}, data=mnist).summary
+        return s["clean_acc"], s["robust_acc"]
+
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, other_seed, bf16 = accs("fp32", 0, tmp), accs("fp32", 1, tmp), accs("bf16", 0, tmp)
+    for i, name in enumerate(("clean", "robust")):
+        noise = abs(fp32[i] - other_seed[i])
+        assert abs(bf16[i] - fp32[i]) <= max(2 * noise, 0.02), (name, fp32, other_seed, bf16)
+    assert bf16[0] > 0.8 and bf16[1] > 0.5, bf16  # and the runs learned something worth comparing
