@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="--suite gpu: the same code on a CPU in under a minute")
     parser.add_argument("--suite-out", type=Path, default=Path("gpu-results"),
                         help="--suite gpu: folder for its results.json and figures [gpu-results]")
-    parser.add_argument("--data-dir", default=None, help="--suite gpu: folder with cifar10.npz or its two parts")
+    parser.add_argument("--data-dir", default=None, help="--suite gpu: folder with cifar10.npz or its parts "
+                             "(python -m benchmarks.gpu_suite split)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is steadier on a crowded machine)")

@@ -64,7 +64,7 @@ def split(src: Path, out_dir: Path) -> list[Path]:
 
 
 def assemble(data_dir: Path) -> Path | None:
-    """Put ``cifar10.npz`` together from its two parts in ``data_dir`` when only the parts are there."""
+    """Put ``cifar10.npz`` together from its parts in ``data_dir`` when only the parts are there."""
     import numpy as np
 
     target = data_dir / "cifar10.npz"
@@ -240,7 +240,7 @@ def main(argv=None) -> int:
     sp.add_argument("src", type=Path)
     sp.add_argument("out_dir", type=Path)
     parser.add_argument("--out", type=Path, default=Path("gpu-results"), help="folder for results.json and figures")
-    parser.add_argument("--data-dir", default=None, help="folder with cifar10.npz (or its two parts)")
+    parser.add_argument("--data-dir", default=None, help="folder with cifar10.npz (or its parts from `split`)")
     parser.add_argument("--budget", type=float, default=BUDGET, help="seconds for the whole suite [540]")
     parser.add_argument("--tiny", action="store_true", help="the same code on a CPU with a few hundred images")
     parser.add_argument("--device", default="auto")
