@@ -17,7 +17,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fastadv demo
 
-# CIFAR-10 on a CPU: configs/cifar10-cpu.toml (about 15 minutes of training on 2 cores, then the evaluation).
+# CIFAR-10 on a CPU: configs/cifar10-cpu.toml (about 11 minutes of training on 2 cores, then 15 of evaluation).
 demo-cifar: $(STAMP)
 	$(VENV)/bin/fastadv demo --dataset cifar10
 

@@ -20,7 +20,7 @@ import tomllib
 PRESETS: dict[str, tuple[str, str]] = {
     "mnist": ("mnist.toml", "small-cnn, PGD-3 with an eps ramp, Adam 1cycle, 8 epochs (the demo; ~1 min on 2 CPU cores)"),
     "fashion-mnist": ("fashion-mnist.toml", "small-cnn, Free-4, 1cycle LR + 1cycle momentum, 1,200 iterations"),
-    "cifar10-cpu": ("cifar10-cpu.toml", "airbench, N-FGSM, 13 epochs, triangular LR (configs/cifar10-cpu.toml; ~14 min on 2 CPU "
+    "cifar10-cpu": ("cifar10-cpu.toml", "airbench, N-FGSM, 13 epochs, triangular LR (configs/cifar10-cpu.toml; ~11 min on 2 CPU "
                                         "cores)"),
     "cifar10-gpu": ("cifar10-gpu.toml", "PreAct ResNet-18, FGSM-RS, 15 epochs, bf16 + compile "
                                         "(configs/cifar10-fast.toml)"),
