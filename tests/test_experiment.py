@@ -166,6 +166,23 @@ def test_grid_goes_on_past_a_failure(tmp_path):
     assert sorted(again.skipped) == sorted(trained) and len(again.failed) == 1
 
 
+def test_an_interrupted_run_stops_the_grid_instead_of_counting_as_failed(tmp_path):
+    """SIGTERM / Ctrl-C reach the grid as the training loop's TrainingInterrupted (after its checkpoint):
+    the grid stops there and starts no further run; the rerun resumes it."""
+    from fastadv.training.loop import TrainingInterrupted
+
+    runs = plan_grid([write_toy_grid(tmp_path / "cfg")], seeds=1, out_dir=tmp_path / "runs")
+    started = []
+
+    def interrupted_train(cfg, run_dir, data=None):
+        started.append(run_dir.name)
+        raise TrainingInterrupted("interrupted at step 3 of 9; resume with: fastadv train --resume X", 143)
+
+    with pytest.raises(TrainingInterrupted) as info:
+        run_grid(runs, progress=False, train_fn=interrupted_train, echo=lambda m: None)
+    assert info.value.code == 143 and len(started) == 1
+
+
 def test_grid_cli_exit_code_lists_failures(tmp_path, capsys):
     cfgs = write_toy_grid(tmp_path / "cfg")
     (cfgs / "linear.toml").write_text((cfgs / "linear.toml").read_text().replace('"synthetic"', '"nosuch"'))

@@ -192,9 +192,12 @@ def run_grid(runs: list[GridRun], *, progress: bool = True,
     """Run every unfinished run in order; a failure is recorded and the grid goes on.
 
     ``train_fn(cfg, run_dir, data=...)`` trains one run (default ``start_or_resume``).
-    KeyboardInterrupt stops the grid (the interrupted run is resumed next time).
+    KeyboardInterrupt, and Ctrl-C or SIGTERM caught by the training loop (``TrainingInterrupted``, after
+    its checkpoint), stop the grid: the interrupted run is resumed next time, and no further run starts.
     """
     from tqdm.auto import tqdm
+
+    from fastadv.training.loop import TrainingInterrupted
 
     outcome, data = GridOutcome(), DataCache()
     t0 = time.perf_counter()
@@ -207,7 +210,7 @@ def run_grid(runs: list[GridRun], *, progress: bool = True,
             continue
         try:
             result = train_fn(run.config, run.run_dir, data=data.get(run.config))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, TrainingInterrupted):
             raise
         except Exception as exc:  # noqa: BLE001 - one failed run must not stop the grid
             message = first_line(exc)
