@@ -23,12 +23,15 @@ def parse_args(argv=None) -> argparse.Namespace:
              f"but the long ones ({', '.join(n for n, m in BENCHMARKS.items() if getattr(m, 'HEAVY', False))}) runs")
     parser.add_argument("--quick", action="store_true",
                         help="fewer rounds and one seed (minutes); the full run takes longer, see docs/PERFORMANCE.md")
-    parser.add_argument("--seeds", type=int, default=None, help="time-to-robust seeds (default 3, quick 1)")
+    cifar = BENCHMARKS["cifar-cpu"]
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds: time-to-robust (default 3, quick 1), cifar-cpu (default 2, quick 1)")
     parser.add_argument("--stop-at-target", action=argparse.BooleanOptionalAction, default=None,
                         help="time-to-robust: end Wong's training at its first check >= 88%% (same time to 88%%, "
                              "no final accuracy; default: on in --quick, off otherwise)")
     parser.add_argument("--budget", type=float, default=None,
-                        help="cifar-cpu: seconds of training per run (default 600, quick 150); "
+                        help=f"cifar-cpu: seconds of training per run (default {cifar.BUDGET:.0f}, "
+                             f"quick {cifar.QUICK_BUDGET:.0f}); "
                              "--suite gpu: seconds for the whole suite (default 540)")
     parser.add_argument("--suite", choices=["gpu"], default=None,
                         help="gpu: the GPU suite (benchmarks/gpu_suite.py) instead of the benchmarks")

@@ -108,18 +108,22 @@ def first_hit(points: list[dict], target: float) -> dict | None:
 
 def run(device, quick: bool = False, seeds: int | None = None, budget: float | None = None, log=print,
         target: float = TARGET, final_points: int | None = None, aa_points: int | None = None,
-        train_limit: int = 0, only: list[str] | None = None, eval_points: int = 500, **_) -> dict:
-    """Calibrate, then train every recipe for ``budget`` seconds per seed, alternating; see the module docstring."""
+        train_limit: int = 0, only: list[str] | None = None, eval_points: int = 500, overrides: dict | None = None,
+        calibration_minibatches: int = 12, **_) -> dict:
+    """Calibrate, then train every recipe for ``budget`` seconds per seed, alternating; see the module docstring.
+
+    ``overrides`` replaces fields in every recipe alike (the tests' smaller net and batch)."""
     budget = budget or (QUICK_BUDGET if quick else BUDGET)
     seeds = seeds or (1 if quick else 2)
     final_points = final_points if final_points is not None else (1000 if quick else FINAL_POINTS)
     aa_points = aa_points if aa_points is not None else (500 if quick else AA_POINTS)
     data = fastadv.load_dataset(fastadv_recipe()["dataset"], download=False, device=device).limit_train(train_limit)
-    chosen = {k: v for k, v in recipes().items() if only is None or k in only}
+    chosen = {k: {**v, **(overrides or {})} for k, v in recipes().items() if only is None or k in only}
     per_epoch = {name: batches_per_epoch(len(data.y_train), cfg["batch_size"]) for name, cfg in chosen.items()}
     runs: dict[str, list[dict]] = {name: [] for name in chosen}
     with tempfile.TemporaryDirectory() as tmp:
-        seconds_per_mb = {name: calibrate(cfg, data, device, tmp) for name, cfg in chosen.items()}
+        seconds_per_mb = {name: calibrate(cfg, data, device, tmp, calibration_minibatches)
+                          for name, cfg in chosen.items()}
         epochs = {name: budget / (seconds_per_mb[name] * per_epoch[name]) for name in chosen}
         for name in chosen:
             log(f"  {name}: {seconds_per_mb[name] * 1e3:.0f} ms per minibatch -> {epochs[name]:.2f} epochs "

@@ -29,8 +29,9 @@ def test_tiny_benchmark_runs_every_recipe_and_gives_a_table():
         fastadv.load_dataset("cifar10", download=False)
     except DataError as exc:
         pytest.skip(f"CIFAR-10 not available ({exc})")
-    out = cifar_cpu.run(torch.device("cpu"), budget=1.5, seeds=1, train_limit=512, final_points=32, aa_points=16, eval_points=32,
-                        target=0.0, log=lambda s: None)
+    out = cifar_cpu.run(torch.device("cpu"), budget=1.0, seeds=1, train_limit=256, final_points=16, aa_points=8,
+                        eval_points=16, target=0.0, log=lambda s: None, calibration_minibatches=2,
+                        overrides={"model": "fast-cnn", "batch_size": 32})
     assert set(out["summary"]) == set(cifar_cpu.recipes())
     for name, s in out["summary"].items():
         assert s["reached"] == "1/1" and s["median_seconds_to_target"] is not None, name  # target 0: the first check
