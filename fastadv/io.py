@@ -28,6 +28,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process' umask; read from /proc where it can be (setting it to read it races other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o077)
+        os.umask(mask)
+        return mask
+
+
 def atomic_write(path: Path, write: Callable[[str], Any], *, before_rename: Callable[[], Any] | None = None) -> None:
     """Write via ``write(tmp_path)`` to a temporary file in the same folder, fsync, rename, fsync the folder.
 
@@ -40,6 +51,7 @@ def atomic_write(path: Path, write: Callable[[str], Any], *, before_rename: Call
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp (and some writers) make 0600: give a plain open()'s mode
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         if before_rename is not None:

@@ -16,6 +16,22 @@ QUICK = {"dataset": "synthetic", "model": "small-cnn", "epochs": 2, "batch_size"
          "eval_attack_steps": 3, "final_attack_steps": 5, "progress": False, "lr_max": 0.05, "replays": 2}
 
 
+def test_run_files_get_the_mode_the_umask_gives_not_mkstemps_0600(tmp_path):
+    """Atomic writes go through a temporary file; the result must still be readable as a plain write is."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        run = fastadv.train({**QUICK, "epochs": 0.25, "method": "standard", "out_dir": str(tmp_path)}).run_dir
+    finally:
+        os.umask(old)
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert {"config.json", "metrics.csv", "summary.json", "model.pt", "model.safetensors"} <= {p.name for p in files}
+    modes = {p.relative_to(run).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert all(m == 0o644 for m in modes.values()), modes
+
+
 @pytest.mark.parametrize("method", ["standard", "free", "fgsm-rs", "pgd"])
 def test_run_directory_contract(method, tmp_path):
     result = fastadv.train({**QUICK, "method": method, "attack_steps": 2, "out_dir": str(tmp_path)})
