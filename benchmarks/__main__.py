@@ -25,7 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="fewer rounds and one seed (minutes); the full run takes longer, see docs/PERFORMANCE.md")
     cifar = BENCHMARKS["cifar-cpu"]
     parser.add_argument("--seeds", type=int, default=None,
-                        help="seeds: time-to-robust (default 3, quick 1), cifar-cpu (default 2, quick 1)")
+                        help=f"seeds: time-to-robust (default 3, quick 1), cifar-cpu (default {cifar.SEEDS}, quick 1)")
     parser.add_argument("--stop-at-target", action=argparse.BooleanOptionalAction, default=None,
                         help="time-to-robust: end Wong's training at its first check >= 88%% (same time to 88%%, "
                              "no final accuracy; default: on in --quick, off otherwise)")

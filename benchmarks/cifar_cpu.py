@@ -45,6 +45,7 @@ RECIPE_FILE = ROOT / "configs" / "cifar10-cpu.toml"
 TARGET = 0.35  # held-out PGD-10 robust accuracy (500 points) that counts as "reached"
 BUDGET = 300.0  # seconds of training per run (plus about 4.5 min of evaluation); --quick: QUICK_BUDGET
 QUICK_BUDGET = 120.0
+SEEDS = 2  # seeds of a full run (--quick: 1)
 FINAL_POINTS = 1000
 AA_POINTS = 500
 CHECKS = 10  # held-out checks per run
@@ -114,7 +115,7 @@ def run(device, quick: bool = False, seeds: int | None = None, budget: float | N
 
     ``overrides`` replaces fields in every recipe alike (the tests' smaller net and batch)."""
     budget = budget or (QUICK_BUDGET if quick else BUDGET)
-    seeds = seeds or (1 if quick else 2)
+    seeds = seeds or (1 if quick else SEEDS)
     final_points = final_points if final_points is not None else (1000 if quick else FINAL_POINTS)
     aa_points = aa_points if aa_points is not None else (500 if quick else AA_POINTS)
     data = fastadv.load_dataset(fastadv_recipe()["dataset"], download=False, device=device).limit_train(train_limit)
