@@ -26,6 +26,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     cifar = BENCHMARKS["cifar-cpu"]
     parser.add_argument("--seeds", type=int, default=None,
                         help=f"seeds: time-to-robust (default 3, quick 1), cifar-cpu (default {cifar.SEEDS}, quick 1)")
+    parser.add_argument("--extend", type=Path, default=None, metavar="FILE",
+                        help="cifar-cpu: add --seeds more seeds (default 1) to the cifar-cpu result in this results "
+                             "file (e.g. docs/cifar-cpu-benchmark.json), keeping its runs, calibration and settings; "
+                             "write the result with --out")
     parser.add_argument("--stop-at-target", action=argparse.BooleanOptionalAction, default=None,
                         help="time-to-robust: end Wong's training at its first check >= 88%% (same time to 88%%, "
                              "no final accuracy; default: on in --quick, off otherwise)")
@@ -52,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--seeds must be >= 1")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
+    if args.extend is not None and args.only != ["cifar-cpu"]:
+        parser.error("--extend goes with --only cifar-cpu")
     return args
 
 
@@ -84,13 +90,19 @@ def main(argv=None) -> int:
     print(f"fastadv benchmarks on {info['processor']} ({info['cpu_count']} cores, torch {info['torch']}, "
           f"{info['torch_threads']} threads, device {device}); load average {info['load_average'][0]:.1f}"
           + (" [quick]" if args.quick else ""), flush=True)
+    try:
+        extend = None if args.extend is None else BENCHMARKS["cifar-cpu"].load_earlier(args.extend)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     results = {}
     for name in names:
         print(f"\n== {name}: {BENCHMARKS[name].DESCRIPTION}", flush=True)
         t = time.perf_counter()
         try:
-            out = BENCHMARKS[name].run(device, quick=args.quick, seeds=args.seeds, stop_at_target=args.stop_at_target,
-                                       budget=args.budget, log=lambda s: print(s, flush=True))
+            out = BENCHMARKS[name].run(device, quick=args.quick, seeds=args.seeds or (1 if extend else None),
+                                       stop_at_target=args.stop_at_target, budget=args.budget, extend=extend,
+                                       log=lambda s: print(s, flush=True))
         except UserError as exc:  # e.g. MNIST not found for time-to-robust
             print(f"error: {exc}", file=sys.stderr)
             return 2

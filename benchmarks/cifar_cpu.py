@@ -25,6 +25,7 @@ fastadv's median time to the target over the best peer's median.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -35,6 +36,7 @@ import fastadv
 from benchmarks._common import PeakMemory, median, spread, table
 from fastadv.core.methods import METHODS
 from fastadv.data import batches_per_epoch
+from fastadv.errors import UserError, first_line
 
 NAME = "cifar-cpu"
 DESCRIPTION = "CIFAR-10 on a CPU: five recipes (Free-8, FGSM-RS, N-FGSM, PGD-2, fastadv) at one wall budget"
@@ -107,13 +109,29 @@ def first_hit(points: list[dict], target: float) -> dict | None:
     return next((p for p in points if p["adv_acc"] >= target), None)
 
 
+def load_earlier(path) -> dict:
+    """The cifar-cpu result in a results JSON file (``python -m benchmarks --out``), for ``run(extend=...)``."""
+    try:
+        earlier = json.loads(Path(path).read_text())["benchmarks"][NAME]
+        missing = [k for k in ("runs", "summary", "recipes", "budget_seconds", "target") if k not in earlier]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why = f"no field {exc}" if isinstance(exc, KeyError) else first_line(exc)
+        raise UserError(f"--extend {path}: no cifar-cpu result to extend there ({why})") from None
+    if missing:
+        raise UserError(f"--extend {path}: its cifar-cpu result lacks {', '.join(missing)}")
+    return earlier
+
+
 def run(device, quick: bool = False, seeds: int | None = None, budget: float | None = None, log=print,
         target: float = TARGET, final_points: int | None = None, aa_points: int | None = None,
         train_limit: int = 0, only: list[str] | None = None, eval_points: int = 500, overrides: dict | None = None,
-        calibration_minibatches: int = 12, **_) -> dict:
+        calibration_minibatches: int = 12, extend: dict | None = None, **_) -> dict:
     """Calibrate, then train every recipe for ``budget`` seconds per seed, alternating; see the module docstring.
 
-    ``overrides`` replaces fields in every recipe alike (the tests' smaller net and batch)."""
+    ``overrides`` replaces fields in every recipe alike (the tests' smaller net and batch). ``extend``, an
+    earlier result of this benchmark (``load_earlier``), adds ``seeds`` more seeds to it: its runs are kept and
+    its recipes, calibration (epochs per recipe), budget and evaluation settings are reused, so the new runs
+    are the same length as the old; a recipe that changed since is an error."""
     budget = budget or (QUICK_BUDGET if quick else BUDGET)
     seeds = seeds or (1 if quick else SEEDS)
     final_points = final_points if final_points is not None else (1000 if quick else FINAL_POINTS)
@@ -122,14 +140,27 @@ def run(device, quick: bool = False, seeds: int | None = None, budget: float | N
     chosen = {k: {**v, **(overrides or {})} for k, v in recipes().items() if only is None or k in only}
     per_epoch = {name: batches_per_epoch(len(data.y_train), cfg["batch_size"]) for name, cfg in chosen.items()}
     runs: dict[str, list[dict]] = {name: [] for name in chosen}
+    first_seed = 0
+    if extend is not None:
+        if json.loads(json.dumps(chosen)) != extend["recipes"] or extend["train_size"] != len(data.y_train):
+            raise UserError("--extend: the recipes or the training split changed since that result; run afresh")
+        budget, target = extend["budget_seconds"], extend["target"]
+        final_points, aa_points = extend["final_points"], extend["aa_points"]
+        eval_points = next(iter(extend["runs"].values()))[0]["config"]["eval_size"]
+        runs = {name: list(extend["runs"][name]) for name in chosen}
+        first_seed = 1 + max(r["seed"] for rs in runs.values() for r in rs)
     with tempfile.TemporaryDirectory() as tmp:
-        seconds_per_mb = {name: calibrate(cfg, data, device, tmp, calibration_minibatches)
-                          for name, cfg in chosen.items()}
-        epochs = {name: budget / (seconds_per_mb[name] * per_epoch[name]) for name in chosen}
+        if extend is None:
+            seconds_per_mb = {name: calibrate(cfg, data, device, tmp, calibration_minibatches)
+                              for name, cfg in chosen.items()}
+            epochs = {name: budget / (seconds_per_mb[name] * per_epoch[name]) for name in chosen}
+        else:
+            seconds_per_mb = {name: extend["summary"][name]["ms_per_minibatch"] / 1e3 for name in chosen}
+            epochs = {name: extend["summary"][name]["epochs"] for name in chosen}
         for name in chosen:
             log(f"  {name}: {seconds_per_mb[name] * 1e3:.0f} ms per minibatch -> {epochs[name]:.2f} epochs "
-                f"in {budget:.0f} s")
-        for seed in range(seeds):
+                f"in {budget:.0f} s" + (" (the earlier result's calibration)" if extend is not None else ""))
+        for seed in range(first_seed, first_seed + seeds):
             for name, cfg in chosen.items():
                 steps_per_mb = METHODS[cfg["method"]].steps_per_minibatch(
                     cfg.get("replays", 8), cfg.get("attack_steps", 7))
@@ -157,8 +188,12 @@ def run(device, quick: bool = False, seeds: int | None = None, budget: float | N
                 aa = "-" if r["aa_lite_acc"] is None else f"{100 * r['aa_lite_acc']:.1f}%"
                 log(f"  {name} seed {seed}: {target:.0%} held-out at {when}; final clean {100 * r['clean_acc']:.1f}%, "
                     f"PGD-20 {100 * r['pgd20_acc']:.1f}%, AA-lite {aa} ({s['train_seconds']:.0f} s of training)")
-    return summarize(runs, chosen, budget=budget, seeds=seeds, target=target, final_points=final_points,
-                     aa_points=aa_points, seconds_per_mb=seconds_per_mb, data=data)
+    out = summarize(runs, chosen, budget=budget, seeds=first_seed + seeds, target=target, final_points=final_points,
+                    aa_points=aa_points, seconds_per_mb=seconds_per_mb, data=data)
+    if extend is not None:  # where and when the seeds it kept were run
+        out["earlier"] = extend.get("earlier", []) + [{k: extend.get(k) for k in ("seeds", "finished",
+                                                                                "wall_seconds", "machine")}]
+    return out
 
 
 def summarize(runs: dict, chosen: dict, *, budget, seeds, target, final_points, aa_points, seconds_per_mb,

@@ -1,10 +1,13 @@
 """The cifar-cpu peer benchmark runs end to end (tiny: a few hundred images, seconds of training per recipe)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from benchmarks import cifar_cpu
+from fastadv.errors import UserError
 
 
 def test_peer_recipes_share_the_net_data_and_engine_and_differ_as_published():
@@ -37,6 +40,19 @@ def test_tiny_benchmark_runs_every_recipe_and_gives_a_table():
         assert s["reached"] == "1/1" and s["median_seconds_to_target"] is not None, name  # target 0: the first check
     assert out["ratio"] is not None and "ratio fastadv / best peer" in out["table"]
     assert out["data_note"].startswith("partial training split")
+
+    # --extend: one more seed, the same calibrated length, the first seed's runs kept (through JSON, as on disk)
+    earlier = json.loads(json.dumps(out))
+    more = cifar_cpu.run(torch.device("cpu"), seeds=1, train_limit=256, log=lambda s: None,
+                         overrides={"model": "fast-cnn", "batch_size": 32}, extend=earlier)
+    assert more["seeds"] == 2 and more["final_points"] == 16 and more["target"] == 0.0
+    for name, rs in more["runs"].items():
+        assert [r["seed"] for r in rs] == [0, 1] and rs[0] == earlier["runs"][name][0], name
+        assert rs[1]["epochs"] == rs[0]["epochs"] and rs[1]["config"]["eval_size"] == 16, name
+        assert more["summary"][name]["reached"] == "2/2", name
+    assert more["earlier"][0]["seeds"] == 1
+    with pytest.raises(UserError, match="changed"):
+        cifar_cpu.run(torch.device("cpu"), seeds=1, train_limit=256, log=lambda s: None, extend=earlier)
 
 
 def test_cpu_speed_measures_every_variant_and_names_what_auto_picks():
