@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--only NAME ...] [--quick] [--seeds N] [--device D] [--out FILE]``."""
+"""``python -m benchmarks [--only NAME ...] [--quick] [--seeds N] [--extend FILE] [--device D] [--out FILE]``."""
 from __future__ import annotations
 
 import argparse

@@ -113,7 +113,8 @@ def load_earlier(path) -> dict:
     """The cifar-cpu result in a results JSON file (``python -m benchmarks --out``), for ``run(extend=...)``."""
     try:
         earlier = json.loads(Path(path).read_text())["benchmarks"][NAME]
-        missing = [k for k in ("runs", "summary", "recipes", "budget_seconds", "target") if k not in earlier]
+        missing = [k for k in ("runs", "summary", "recipes", "budget_seconds", "target", "final_points", "aa_points",
+                               "train_size") if k not in earlier]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         why = f"no field {exc}" if isinstance(exc, KeyError) else first_line(exc)
         raise UserError(f"--extend {path}: no cifar-cpu result to extend there ({why})") from None
