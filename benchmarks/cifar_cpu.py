@@ -183,7 +183,8 @@ def run(device, quick: bool = False, seeds: int | None = None, budget: float | N
                     "aa_lite_acc": s["aa_lite"]["robust_acc"] if s.get("aa_lite") else None,
                     "grad_computations": s["grad_computations"], "compute_epochs": s["compute_epochs"],
                     "best_heldout_adv_acc": max(p["adv_acc"] for p in points), "curve": points,
-                    "events": s["events"], "memory": mem.to_dict(), "config": run_cfg})
+                    "events": s["events"], "memory": mem.to_dict(),
+                    "config": {k: v for k, v in run_cfg.items() if k != "out_dir"}})  # a temporary folder, gone
                 r = runs[name][-1]
                 when = "never" if hit is None else f"{hit['seconds']:.0f} s"
                 aa = "-" if r["aa_lite_acc"] is None else f"{100 * r['aa_lite_acc']:.1f}%"

@@ -41,18 +41,22 @@ def test_tiny_benchmark_runs_every_recipe_and_gives_a_table():
     assert out["ratio"] is not None and "ratio fastadv / best peer" in out["table"]
     assert out["data_note"].startswith("partial training split")
 
-    # --extend: one more seed, the same calibrated length, the first seed's runs kept (through JSON, as on disk)
+    # --extend: one more seed, the same calibrated length, the first seed's runs kept (through JSON, as on disk);
+    # on fastadv's recipe alone (a result of --only-like runs), to keep the test short
     earlier = json.loads(json.dumps(out))
-    more = cifar_cpu.run(torch.device("cpu"), seeds=1, train_limit=256, log=lambda s: None,
-                         overrides={"model": "fast-cnn", "batch_size": 32}, extend=earlier)
+    for key in ("recipes", "runs", "summary"):
+        earlier[key] = {"fastadv": earlier[key]["fastadv"]}
+    tiny = {"model": "fast-cnn", "batch_size": 32}
+    more = cifar_cpu.run(torch.device("cpu"), seeds=1, train_limit=256, log=lambda s: None, overrides=tiny,
+                         only=["fastadv"], extend=earlier)
     assert more["seeds"] == 2 and more["final_points"] == 16 and more["target"] == 0.0
-    for name, rs in more["runs"].items():
-        assert [r["seed"] for r in rs] == [0, 1] and rs[0] == earlier["runs"][name][0], name
-        assert rs[1]["epochs"] == rs[0]["epochs"] and rs[1]["config"]["eval_size"] == 16, name
-        assert more["summary"][name]["reached"] == "2/2", name
-    assert more["earlier"][0]["seeds"] == 1
-    with pytest.raises(UserError, match="changed"):
-        cifar_cpu.run(torch.device("cpu"), seeds=1, train_limit=256, log=lambda s: None, extend=earlier)
+    (rs,) = more["runs"].values()
+    assert [r["seed"] for r in rs] == [0, 1] and rs[0] == earlier["runs"]["fastadv"][0]
+    assert rs[1]["epochs"] == rs[0]["epochs"] and rs[1]["config"]["eval_size"] == 16
+    assert more["summary"]["fastadv"]["reached"] == "2/2" and more["earlier"][0]["seeds"] == 1
+    with pytest.raises(UserError, match="changed"):  # the full-size recipe is not the one that result ran
+        cifar_cpu.run(torch.device("cpu"), seeds=1, train_limit=256, log=lambda s: None, only=["fastadv"],
+                      extend=earlier)
 
 
 def test_cpu_speed_measures_every_variant_and_names_what_auto_picks():
