@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         print(f"\n== {name}: {BENCHMARKS[name].DESCRIPTION}", flush=True)
         t = time.perf_counter()
         try:
-            out = BENCHMARKS[name].run(device, quick=args.quick, seeds=args.seeds or (1 if extend else None),
+            out = BENCHMARKS[name].run(device, quick=args.quick, seeds=args.seeds,
                                        stop_at_target=args.stop_at_target, budget=args.budget, extend=extend,
                                        log=lambda s: print(s, flush=True))
         except UserError as exc:  # e.g. MNIST not found for time-to-robust

@@ -130,11 +130,11 @@ def run(device, quick: bool = False, seeds: int | None = None, budget: float | N
     """Calibrate, then train every recipe for ``budget`` seconds per seed, alternating; see the module docstring.
 
     ``overrides`` replaces fields in every recipe alike (the tests' smaller net and batch). ``extend``, an
-    earlier result of this benchmark (``load_earlier``), adds ``seeds`` more seeds to it: its runs are kept and
+    earlier result of this benchmark (``load_earlier``), adds ``seeds`` (default 1) more seeds to it: its runs are kept and
     its recipes, calibration (epochs per recipe), budget and evaluation settings are reused, so the new runs
     are the same length as the old; a recipe that changed since is an error."""
     budget = budget or (QUICK_BUDGET if quick else BUDGET)
-    seeds = seeds or (1 if quick else SEEDS)
+    seeds = seeds or (1 if quick or extend is not None else SEEDS)  # extend: one more seed unless told
     final_points = final_points if final_points is not None else (1000 if quick else FINAL_POINTS)
     aa_points = aa_points if aa_points is not None else (500 if quick else AA_POINTS)
     data = fastadv.load_dataset(fastadv_recipe()["dataset"], download=False, device=device).limit_train(train_limit)

@@ -47,8 +47,8 @@ def test_tiny_benchmark_runs_every_recipe_and_gives_a_table():
     for key in ("recipes", "runs", "summary"):
         earlier[key] = {"fastadv": earlier[key]["fastadv"]}
     tiny = {"model": "fast-cnn", "batch_size": 32}
-    more = cifar_cpu.run(torch.device("cpu"), seeds=1, train_limit=256, log=lambda s: None, overrides=tiny,
-                         only=["fastadv"], extend=earlier)
+    more = cifar_cpu.run(torch.device("cpu"), train_limit=256, log=lambda s: None, overrides=tiny,
+                         only=["fastadv"], extend=earlier)  # seeds not given: extend adds one
     assert more["seeds"] == 2 and more["final_points"] == 16 and more["target"] == 0.0
     (rs,) = more["runs"].values()
     assert [r["seed"] for r in rs] == [0, 1] and rs[0] == earlier["runs"]["fastadv"][0]
