@@ -34,9 +34,12 @@ import tomllib
 
 import fastadv
 from benchmarks._common import PeakMemory, median, spread, table
+from fastadv.config import TrainConfig
 from fastadv.core.methods import METHODS
 from fastadv.data import batches_per_epoch
 from fastadv.errors import UserError, first_line
+from fastadv.training.loop import Timer, train_minibatch
+from fastadv.training.setup import build
 
 NAME = "cifar-cpu"
 DESCRIPTION = "CIFAR-10 on a CPU: five recipes (Free-8, FGSM-RS, N-FGSM, PGD-2, fastadv) at one wall budget"
@@ -89,14 +92,18 @@ def run_config(cfg: dict, *, seed: int, device, out_dir: str, name: str, epochs:
             "eval_size": eval_points, "eval_attack_steps": 10}
 
 
-def calibrate(cfg: dict, data, device, out_dir: str, minibatches: int = 12) -> float:
-    """Seconds of training per minibatch for ``cfg`` (a short run of the real loop; first steps included)."""
+def calibrate(cfg: dict, data, device, minibatches: int = 12) -> float:
+    """Seconds of training per minibatch for ``cfg``: the loop's own minibatch step ``minibatches`` times on a
+    fresh ``build`` (first steps included), without the run directory and final evaluation of a real run."""
     per_epoch = batches_per_epoch(len(data.y_train), cfg["batch_size"])
     probe = {**cfg, "seed": 0, "device": str(device), "epochs": minibatches / per_epoch, "iterations": 0,
-             "progress": False, "out_dir": out_dir, "name": None, "final_limit": 16, "final_aa_points": 0,
-             "eval_size": 16, "eval_attack_steps": 1, "eval_every": 10**9, "eps_warmup": 0.0}
-    summary = fastadv.train(probe, data=data).summary
-    return summary["train_seconds"] / max(summary["minibatches"], 1)
+             "progress": False, "eps_warmup": 0.0}
+    s = build(TrainConfig.from_dict(probe), data)
+    s.model.train()
+    timer = Timer(s.device)
+    for _ in range(minibatches):
+        train_minibatch(s)
+    return timer.lap() / minibatches
 
 
 def curve(run_dir: Path) -> list[dict]:
@@ -152,7 +159,7 @@ def run(device, quick: bool = False, seeds: int | None = None, budget: float | N
         first_seed = 1 + max(r["seed"] for rs in runs.values() for r in rs)
     with tempfile.TemporaryDirectory() as tmp:
         if extend is None:
-            seconds_per_mb = {name: calibrate(cfg, data, device, tmp, calibration_minibatches)
+            seconds_per_mb = {name: calibrate(cfg, data, device, calibration_minibatches)
                               for name, cfg in chosen.items()}
             epochs = {name: budget / (seconds_per_mb[name] * per_epoch[name]) for name in chosen}
         else:

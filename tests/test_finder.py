@@ -169,8 +169,8 @@ def test_train_lr_max_auto_records_the_finder_and_changes_nothing_else(tmp_path)
 # 0.0433), then 96.0% clean and 85.1% robust (PGD-20, step eps/4, 1,000 test points).
 FINDER_MNIST = {"dataset": "mnist", "method": "fgsm-rs", "eps": 0.1, "optimizer": "adam", "momentum": 0.9,
                 "weight_decay": 0.0, "train_limit": 10000, "epochs": 2, "batch_size": 128,
-                "lr_schedule": "one-cycle", "lr_max": "auto", "final_limit": 1000, "eval_size": 200,
-                "eval_attack_steps": 5, "progress": False, "seed": 0}
+                "lr_schedule": "one-cycle", "lr_max": "auto", "final_limit": 1000, "final_aa_points": 0,
+                "eval_size": 200, "eval_attack_steps": 5, "progress": False, "seed": 0}
 
 
 @pytest.mark.slow

@@ -86,8 +86,8 @@ class Probe:
         self.batch_size, self.seed = batch_size, seed
         self.n = len(y)
         self.tol = 1 / max(self.n, 1)  # one point of the subset
-        self._predict = lambda s: predict_points(model, x, y, s, batch_size=batch_size, seed=seed,
-                                                 device=x.device, attacks=attacks, progress=progress).correct
+        self.attacks, self.progress = attacks, progress
+        self._predict = lambda s: self.predict(s, torch.arange(self.n, device=x.device))
         self.cache: dict = dict(known or {})
         if None not in self.cache:
             self.cache[None] = self._predict(None)
@@ -106,6 +106,20 @@ class Probe:
         if spec not in self.cache:
             self.cache[spec] = self._predict(spec)
         return self.clean & self.cache[spec]
+
+    def predict(self, spec, idx: torch.Tensor) -> torch.Tensor:
+        """Attack-correct mask of the points ``idx`` of the subset under ``spec`` (None = clean)."""
+        return predict_points(self.model, self.x[idx], self.y[idx], spec, batch_size=self.batch_size, seed=self.seed,
+                              device=self.x.device, attacks=self.attacks, progress=self.progress).correct
+
+    def correct_where(self, spec, where: torch.Tensor) -> torch.Tensor:
+        """``correct(spec)`` and ``where``, with ``spec`` run only on the points ``where`` holds (AutoAttack's
+        rule: an attack is spent only on what the earlier ones left); not cached."""
+        out = torch.zeros_like(where)
+        idx = where.nonzero().squeeze(1)
+        if len(idx):
+            out[idx] = self.predict(spec, idx)
+        return out
 
     def acc(self, spec=None) -> float:
         mask = self.clean if spec is None else self.correct(spec)
@@ -237,14 +251,12 @@ def check_black_box(p: Probe):
 
     white = [p.spec, AttackSpec("apgd-ce", eps=p.spec.eps, steps=BLACK_BOX_APGD_STEPS)]  # the gradient attacks
     try:
-        robust = p.correct(white[0]) & p.correct(white[1])
+        robust = p.correct_where(white[1], p.correct(white[0]))  # APGD only on the points the main attack left
         n = int(robust.sum())
         if n == 0:
             return None, f"no point is robust under {' and '.join(w.short() for w in white)}: nothing to look for"
         spec = AttackSpec("square", eps=p.spec.eps, steps=BLACK_BOX_QUERIES)
-        idx = robust.nonzero().squeeze(1)
-        held = predict_points(p.model, p.x[idx], p.y[idx], spec, batch_size=p.batch_size, seed=p.seed,
-                              device=p.x.device).correct
+        held = p.correct_where(spec, robust)[robust]
     except MissingDependency:
         return None, "Square and APGD need pyautoattack (pip install pyautoattack)"
     broken = n - int(held.sum())

@@ -6,6 +6,7 @@ held-out check (a no-op for the pure shapes; ``PlateauSchedule`` adapts to it); 
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ class Schedule:
         pass
 
 
+@functools.cache  # a signature costs tens of microseconds, and schedules are called at every step
 def takes_total(fn: Shape) -> bool:
     """Whether a shape needs the run's total steps (the TF constructions that count steps, not progress)."""
     return "total_steps" in inspect.signature(fn).parameters
