@@ -87,10 +87,9 @@ class Probe:
         self.n = len(y)
         self.tol = 1 / max(self.n, 1)  # one point of the subset
         self.attacks, self.progress = attacks, progress
-        self._predict = lambda s: self.predict(s, torch.arange(self.n, device=x.device))
         self.cache: dict = dict(known or {})
         if None not in self.cache:
-            self.cache[None] = self._predict(None)
+            self.cache[None] = self.predict(None)
 
     def outputs(self) -> torch.Tensor:
         """Model outputs on the subset (N x classes, float), computed batch by batch without gradients."""
@@ -104,12 +103,13 @@ class Probe:
 
     def correct(self, spec) -> torch.Tensor:
         if spec not in self.cache:
-            self.cache[spec] = self._predict(spec)
+            self.cache[spec] = self.predict(spec)
         return self.clean & self.cache[spec]
 
-    def predict(self, spec, idx: torch.Tensor) -> torch.Tensor:
-        """Attack-correct mask of the points ``idx`` of the subset under ``spec`` (None = clean)."""
-        return predict_points(self.model, self.x[idx], self.y[idx], spec, batch_size=self.batch_size, seed=self.seed,
+    def predict(self, spec, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Attack-correct mask under ``spec`` (None = clean) of the subset, or of its points ``idx``."""
+        x, y = (self.x, self.y) if idx is None else (self.x[idx], self.y[idx])
+        return predict_points(self.model, x, y, spec, batch_size=self.batch_size, seed=self.seed,
                               device=self.x.device, attacks=self.attacks, progress=self.progress).correct
 
     def correct_where(self, spec, where: torch.Tensor) -> torch.Tensor:
