@@ -133,18 +133,21 @@ def load_earlier(path) -> dict:
 def run(device, quick: bool = False, seeds: int | None = None, budget: float | None = None, log=print,
         target: float = TARGET, final_points: int | None = None, aa_points: int | None = None,
         train_limit: int = 0, only: list[str] | None = None, eval_points: int = 500, overrides: dict | None = None,
-        calibration_minibatches: int = 12, extend: dict | None = None, **_) -> dict:
+        calibration_minibatches: int = 12, extend: dict | None = None, data=None, **_) -> dict:
     """Calibrate, then train every recipe for ``budget`` seconds per seed, alternating; see the module docstring.
 
     ``overrides`` replaces fields in every recipe alike (the tests' smaller net and batch). ``extend``, an
     earlier result of this benchmark (``load_earlier``), adds ``seeds`` (default 1) more seeds to it: its runs are kept and
     its recipes, calibration (epochs per recipe), budget and evaluation settings are reused, so the new runs
-    are the same length as the old; a recipe that changed since is an error."""
+    are the same length as the old; a recipe that changed since is an error. ``data``, a loaded ``Dataset``
+    of the recipe's dataset, saves loading it (default: loaded here, ``train_limit`` applies either way)."""
     budget = budget or (QUICK_BUDGET if quick else BUDGET)
     seeds = seeds or (1 if quick or extend is not None else SEEDS)  # extend: one more seed unless told
     final_points = final_points if final_points is not None else (1000 if quick else FINAL_POINTS)
     aa_points = aa_points if aa_points is not None else (500 if quick else AA_POINTS)
-    data = fastadv.load_dataset(fastadv_recipe()["dataset"], download=False, device=device).limit_train(train_limit)
+    if data is None:
+        data = fastadv.load_dataset(fastadv_recipe()["dataset"], download=False, device=device)
+    data = data.limit_train(train_limit)
     chosen = {k: {**v, **(overrides or {})} for k, v in recipes().items() if only is None or k in only}
     per_epoch = {name: batches_per_epoch(len(data.y_train), cfg["batch_size"]) for name, cfg in chosen.items()}
     runs: dict[str, list[dict]] = {name: [] for name in chosen}

@@ -29,11 +29,11 @@ def test_tiny_benchmark_runs_every_recipe_and_gives_a_table():
     from fastadv.data import DataError
 
     try:
-        fastadv.load_dataset("cifar10", download=False)
+        cifar10 = fastadv.load_dataset("cifar10", download=False)  # loaded once, given to every run below
     except DataError as exc:
         pytest.skip(f"CIFAR-10 not available ({exc})")
-    out = cifar_cpu.run(torch.device("cpu"), budget=1.0, seeds=1, train_limit=256, final_points=16, aa_points=8,
-                        eval_points=16, target=0.0, log=lambda s: None, calibration_minibatches=2,
+    out = cifar_cpu.run(torch.device("cpu"), data=cifar10, budget=1.0, seeds=1, train_limit=256, final_points=16,
+                        aa_points=8, eval_points=16, target=0.0, log=lambda s: None, calibration_minibatches=2,
                         overrides={"model": "fast-cnn", "batch_size": 32})
     assert set(out["summary"]) == set(cifar_cpu.recipes())
     for name, s in out["summary"].items():
@@ -47,7 +47,7 @@ def test_tiny_benchmark_runs_every_recipe_and_gives_a_table():
     for key in ("recipes", "runs", "summary"):
         earlier[key] = {"fastadv": earlier[key]["fastadv"]}
     tiny = {"model": "fast-cnn", "batch_size": 32}
-    more = cifar_cpu.run(torch.device("cpu"), train_limit=256, log=lambda s: None, overrides=tiny,
+    more = cifar_cpu.run(torch.device("cpu"), data=cifar10, train_limit=256, log=lambda s: None, overrides=tiny,
                          only=["fastadv"], extend=earlier)  # seeds not given: extend adds one
     assert more["seeds"] == 2 and more["final_points"] == 16 and more["target"] == 0.0
     (rs,) = more["runs"].values()
@@ -55,8 +55,8 @@ def test_tiny_benchmark_runs_every_recipe_and_gives_a_table():
     assert rs[1]["epochs"] == rs[0]["epochs"] and rs[1]["config"]["eval_size"] == 16
     assert more["summary"]["fastadv"]["reached"] == "2/2" and more["earlier"][0]["seeds"] == 1
     with pytest.raises(UserError, match="changed"):  # the full-size recipe is not the one that result ran
-        cifar_cpu.run(torch.device("cpu"), seeds=1, train_limit=256, log=lambda s: None, only=["fastadv"],
-                      extend=earlier)
+        cifar_cpu.run(torch.device("cpu"), data=cifar10, seeds=1, train_limit=256, log=lambda s: None,
+                      only=["fastadv"], extend=earlier)
 
 
 def test_cpu_speed_measures_every_variant_and_names_what_auto_picks():

@@ -101,14 +101,15 @@ def test_train_ones_own_module_then_load_evaluate_and_export(tmp_path):
 
 def test_torchvision_resnet18_trains_saves_evaluates_and_exports(tmp_path, capsys):
     args = ["--dataset", "synthetic", "--preset", "none", "--model", "torchvision:resnet18", "--method", "fgsm-rs",
-            "--epochs", "0.25", "--batch-size", "64", "--eval-size", "32", "--eval-attack-steps", "1",
-            "--final-limit", "32", "--final-attack-steps", "2", "--final-aa-points", "0", "--no-progress",
+            "--epochs", "0.25", "--batch-size", "64", "--eval-size", "16", "--eval-attack-steps", "1",
+            "--eval-every", "4", "--final-limit", "16", "--final-attack-steps", "2", "--final-aa-points", "0",
+            "--no-progress",
             "--out-dir", str(tmp_path), "--name", "tv"]
     assert main(["train", *args]) == 0
     run = tmp_path / "tv"
     net = fastadv.load_model(run)[1]
     assert isinstance(net.conv1, nn.Conv2d) and net.conv1.kernel_size == (3, 3) and isinstance(net.maxpool, nn.Identity)
-    assert main(["eval", str(run), "--steps", "2", "--limit", "32", "--json"]) == 0
+    assert main(["eval", str(run), "--steps", "2", "--limit", "16", "--json"]) == 0
     assert main(["export", str(run), str(tmp_path / "tv.pt")]) == 0
     capsys.readouterr()
     record = json.loads((tmp_path / "tv.pt.json").read_text())
