@@ -115,8 +115,8 @@ def test_guard_keeps_the_best_check_not_the_last():
 COLLAPSE = {"dataset": "mnist", "method": "fgsm", "eps": 0.2, "alpha": 0.2, "epochs": 3, "train_limit": 10000,
             "optimizer": "adam", "lr_max": 0.005, "weight_decay": 0, "batch_size": 100, "eval_every": 20,
             "eval_size": 500, "final_limit": 1000, "final_aa_points": 0, "progress": False, "co_drop": 0.1,
-            "co_remedy": "stop",
-            "lr_schedule": "one-cycle:peak=0.2,end_cycle=1,div=1e9", "precision": "fp32"}  # measured in fp32
+            "co_remedy": "stop", "lr_schedule": "one-cycle:peak=0.2,end_cycle=1,div=1e9",
+            "precision": "fp32"}  # measured in fp32
 
 
 def test_guard_catches_a_real_catastrophic_overfitting(mnist, tmp_path):

@@ -103,8 +103,7 @@ def test_torchvision_resnet18_trains_saves_evaluates_and_exports(tmp_path, capsy
     args = ["--dataset", "synthetic", "--preset", "none", "--model", "torchvision:resnet18", "--method", "fgsm-rs",
             "--epochs", "0.25", "--batch-size", "64", "--eval-size", "16", "--eval-attack-steps", "1",
             "--eval-every", "4", "--final-limit", "16", "--final-attack-steps", "2", "--final-aa-points", "0",
-            "--no-progress",
-            "--out-dir", str(tmp_path), "--name", "tv"]
+            "--no-progress", "--out-dir", str(tmp_path), "--name", "tv"]
     assert main(["train", *args]) == 0
     run = tmp_path / "tv"
     net = fastadv.load_model(run)[1]

@@ -113,8 +113,9 @@ class Probe:
                               device=self.x.device, attacks=self.attacks, progress=self.progress).correct
 
     def correct_where(self, spec, where: torch.Tensor) -> torch.Tensor:
-        """``correct(spec)`` and ``where``, with ``spec`` run only on the points ``where`` holds (AutoAttack's
-        rule: an attack is spent only on what the earlier ones left); not cached."""
+        """Attack-correct mask under ``spec``, with ``spec`` run only on the points ``where`` holds and False
+        elsewhere (AutoAttack's rule: an attack is spent only on what the earlier ones left); not cached. For
+        ``where`` within the clean-correct points, as the callers pass, it equals ``correct(spec) & where``."""
         out = torch.zeros_like(where)
         idx = where.nonzero().squeeze(1)
         if len(idx):
