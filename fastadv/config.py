@@ -41,9 +41,14 @@ class TrainConfig:
     width: int = option(10, "wide-resnet only: width factor")
     depth: int = option(34, "wide-resnet only: depth (32 gives Free-m's WRN-32-10 layout)")
     augment: bool | None = option(None, "crop+flip on the device; None = dataset default (CIFAR yes)")
-    train_limit: int = option(0, "use only the first N training images (0 = all)")
+    train_limit: int = option(0, "use only the first N training images (0 = all), after the validation split")
+    val_size: int = option(1000, "validation images carved from the training split (stratified by class, fixed "
+                                 "seed), never trained on: every in-training decision reads them; at most a fifth "
+                                 "of the split")
     # --- adversary (pixel units on [0,1]; "8/255" accepted)
-    method: str = option("free", "standard | free | fgsm-rs | fgsm | n-fgsm | pgd")
+    method: str = option("free", "a training method: fastadv train --help lists them (fastadv.core.methods.METHODS)")
+    method_args: str = option("", "the method's own settings as key=value,... (e.g. grad-align: lam=0.2); "
+                                  "fastadv train --help lists each method's")
     eps: float | None = option(None, "L-inf radius; None = dataset standard (MNIST 0.3, CIFAR 8/255)")
     alpha: float | None = option(None, "attack step; None = method default (free, fgsm, n-fgsm: eps; fgsm-rs: 1.25 "
                                        "eps)")
@@ -64,6 +69,16 @@ class TrainConfig:
     momentum: float = option(0.9, "SGD momentum, or Adam beta1, for the constant schedule")
     nesterov: bool = option(False, "Nesterov momentum (SGD)")
     weight_decay: float = option(2e-4, "L2 weight decay on conv and linear weights (not on biases and BN)")
+    label_smoothing: float = option(0.0, "label smoothing of the training loss (never of an attack's loss), in [0, 1)")
+    time_budget: float | None = option(None, "seconds of training ('10m', '90s', '1h' accepted): the step count is "
+                                             "fitted to the measured speed and overrides epochs; None = off")
+    # --- weight averaging and the weights kept (torch.optim.swa_utils)
+    average: str = option("none", "weight averaging: none | ema (exponential, with decay warm-up) | swa (equal "
+                                  "average from average_start, BN statistics recomputed)")
+    ema_decay: float = option(0.999, "ema: decay per optimizer step, warmed up as min(decay, (1+n)/(10+n))")
+    average_start: float = option(0.0, "fraction of training after which averaging starts (swa: 0.75 is usual)")
+    keep: str = option("last", "weights kept: last | best (the validation check with the best robust accuracy); "
+                               "with averaging, the better of raw and averaged by that check")
     # --- speed
     precision: str = option("auto", "fp32 | bf16 | fp16 (GradScaler on CUDA) | auto (bf16 on CUDA and on CPUs with "
                                     "native bf16, else fp32 / fp16)")
@@ -73,7 +88,7 @@ class TrainConfig:
 
     # --- evaluation
     eval_every: int = option(0, "optimizer steps between held-out checks (0 = about 10 per run)")
-    eval_size: int = option(1000, "fixed held-out test points for the periodic check")
+    eval_size: int = option(1000, "validation points of the periodic check (at most val_size)")
     eval_attack_steps: int = option(10, "PGD steps of the periodic check (step eps/4, 1 restart)")
     final_attack_steps: int = option(20, "final PGD-K on the test set (the thesis' PGD-20)")
     final_restarts: int = option(1, "restarts of the final PGD (per-example worst case kept)")
@@ -88,10 +103,10 @@ class TrainConfig:
     # --- safety: resume checkpoints, catastrophic-overfitting guard
     checkpoint_every: int = option(0, "optimizer steps between resume checkpoints (0 = at held-out checks and every 4 "
                                       "min)")
-    co_guard: bool | None = option(None, "catastrophic-overfitting guard; None = on for single-step methods (fgsm-rs, "
-                                         "free)")
-    co_drop: float = option(0.2, "guard trips when held-out PGD accuracy falls by more than this while clean accuracy "
-                                 "rises")
+    co_guard: bool | None = option(None, "catastrophic-overfitting guard; None = on for single-step methods (fgsm, "
+                                         "fgsm-rs, n-fgsm, free, ...)")
+    co_drop: float = option(0.2, "guard trips when validation PGD accuracy falls by more than this below its best "
+                                 "while clean accuracy holds (within 2 points)")
     co_remedy: str = option("alpha", "after restoring the last good weights: stop | alpha | lr (scaled by co_factor)")
     co_factor: float = option(0.5, "what the alpha and lr remedies multiply their value by")
     stop_if_not_learning: bool = option(True, "stop (exit 1) when held-out clean accuracy is within 5 points of "
@@ -116,6 +131,8 @@ class TrainConfig:
         if unknown:
             raise ConfigError(unknown_keys_message(unknown, list(known)))
         hints = typing.get_type_hints(cls)
+        if isinstance(values.get("time_budget"), str):
+            values = {**values, "time_budget": parse_duration(values["time_budget"])}
         kwargs = {k: coerce(k, v, hints[k]) for k, v in values.items()}
         return cls(**kwargs).validated()
 
@@ -173,6 +190,13 @@ class TrainConfig:
             (self.final_aa_points >= 0, f"final_aa_points must be >= 0 (0 = no AA-lite), got {self.final_aa_points}"),
             (self.final_aa_targets >= 0, f"final_aa_targets must be >= 0 (0 = APGD-CE only), got {self.final_aa_targets}"),
             (self.train_limit >= 0, f"train_limit must be >= 0, got {self.train_limit}"),
+            (self.val_size >= 1, f"val_size must be >= 1, got {self.val_size}"),
+            (0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.time_budget is None or self.time_budget > 0, f"time_budget must be > 0 seconds, got {self.time_budget}"),
+            (self.average in AVERAGES, f"average must be one of {', '.join(AVERAGES)}, got {self.average!r}"),
+            (0.0 < self.ema_decay < 1.0, f"ema_decay must be in (0, 1), got {self.ema_decay}"),
+            (0.0 <= self.average_start < 1.0, f"average_start must be in [0, 1), got {self.average_start}"),
+            (self.keep in KEEPS, f"keep must be one of {', '.join(KEEPS)}, got {self.keep!r}"),
             (self.width >= 1, f"width must be >= 1, got {self.width}"),
             (self.depth >= 1, f"depth must be >= 1, got {self.depth}"),
             (0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}"),
@@ -195,6 +219,8 @@ class TrainConfig:
         return self
 
 
+AVERAGES = ("none", "ema", "swa")  # fastadv.training.averaging
+KEEPS = ("last", "best")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # fastadv.core.precision: autocast dtypes, auto = by device
 INT_MIN, INT_MAX = -2**63, 2**63 - 1  # what torch and NumPy accept as an integer argument
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
@@ -216,6 +242,21 @@ def parse_number(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(text)
     return value
+
+
+DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h)?\s*", re.IGNORECASE)
+UNIT_SECONDS = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float | None:
+    """'10m' -> 600.0, '90s' / '90' -> 90.0, '1.5h' -> 5400.0, 'none' -> None; ConfigError otherwise."""
+    if text.strip().lower() in ("", "none", "null", "off"):
+        return None
+    match = DURATION.fullmatch(text)
+    if match is None:
+        raise ConfigError(f"time_budget expects seconds or a duration such as 10m, 90s or 1h, got {text!r}")
+    unit = match.group(2).lower() if match.group(2) else None
+    return float(match.group(1)) * UNIT_SECONDS[unit]
 
 
 def coerce(key: str, value: Any, hint: Any) -> Any:

@@ -336,6 +336,7 @@ class BatchStream:
         self.perm: torch.Tensor | None = None  # this epoch's order (CPU, int64)
         self.start = 0  # offset of the next batch in perm
         self.perm_on_device: torch.Tensor | None = None  # perm moved once per epoch, not per batch
+        self.last_index: torch.Tensor | None = None  # training-set indices of the batch handed out last
 
     def __iter__(self) -> "BatchStream":
         return self
@@ -357,6 +358,7 @@ class BatchStream:
             if part.stop <= part.start:  # as in ``batches``: every process skips this batch
                 return next(self)
             xb, idx = xb[part], idx[part]
+        self.last_index = idx
         return xb, self.y[idx]
 
     def state_dict(self) -> dict:

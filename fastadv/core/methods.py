@@ -38,6 +38,9 @@ class StepContext:
     state: dict = field(default_factory=dict)
     precision: Precision = field(default_factory=lambda: FP32)  # autocast, scaled backward and optimizer step
     noise: float = 2.0  # n-fgsm: uniform noise radius in multiples of eps
+    label_smoothing: float = 0.0  # of the training loss only (``train_loss``), never of an attack's loss
+    args: dict = field(default_factory=dict)  # the method's own settings (``Method.settings``), resolved
+    index: torch.Tensor | None = None  # training-set indices of this minibatch's rows (per-example memories)
 
     def optimizer_step(self) -> None:
         self.set_hyperparams(self.iteration)
@@ -74,11 +77,16 @@ class StepStats:
         return self.correct.item() / max(self.count, 1)
 
 
+def train_loss(ctx: StepContext, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss the weights are trained on: cross-entropy with ``ctx.label_smoothing`` (attacks keep plain CE)."""
+    return F.cross_entropy(logits.float(), y, label_smoothing=ctx.label_smoothing)
+
+
 def sgd_on(ctx: StepContext, x_in: torch.Tensor, y: torch.Tensor) -> StepStats:
     """One ordinary optimizer step on inputs x_in (already perturbed)."""
     with ctx.precision.autocast():
         logits = ctx.model(x_in)
-    loss = F.cross_entropy(logits.float(), y)
+    loss = train_loss(ctx, logits, y)
     ctx.optimizer.zero_grad(set_to_none=True)
     ctx.precision.backward(loss)
     ctx.optimizer_step()
@@ -92,15 +100,34 @@ class Method:
     passes_per_minibatch: Callable[[int, int], int]  # (replays, attack_steps) -> fwd-bwd passes
     default_alpha: Callable[[float, int], float]  # (eps, attack_steps) -> attack step size
     single_step: bool  # one attack step per update: prone to catastrophic overfitting (the guard is on)
+    settings: dict = field(default_factory=dict)  # the method's own settings: name -> (default, help)
+
+    def resolve(self, given: dict | None = None) -> dict:
+        """The method's settings: its defaults under ``given`` (name -> number); ValueError for an unknown
+        name or a value that is not a finite number."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(self.settings))
+        if unknown:
+            valid = ", ".join(sorted(self.settings)) or "none"
+            raise ValueError(f"unknown method setting(s) {', '.join(unknown)} (this method's: {valid})")
+        out = {k: default for k, (default, _) in self.settings.items()}
+        for key, value in given.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
+                    or value in (float("inf"), float("-inf")):
+                raise ValueError(f"method setting {key} expects a finite number, got {value!r}")
+            out[key] = float(value)
+        return out
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, *, steps=lambda m, k: 1, passes=lambda m, k: 1, alpha=lambda eps, k: eps,
-                    single_step: bool = False):
+                    single_step: bool = False, settings: dict | None = None):
+    """Register a step function with its facts; ``settings``: name -> (default, one-line help) of the
+    method's own hyperparameters (``method_args`` in the config, ``ctx.args`` in the step)."""
     def wrap(fn):
-        METHODS[name] = Method(fn, steps, passes, alpha, single_step)
+        METHODS[name] = Method(fn, steps, passes, alpha, single_step, dict(settings or {}))
         return fn
 
     return wrap
@@ -165,7 +192,7 @@ def free_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
         delta.requires_grad_(True)
         with ctx.precision.autocast():
             logits = ctx.model((x + delta).clamp(0.0, 1.0))
-        loss = F.cross_entropy(logits.float(), y)
+        loss = train_loss(ctx, logits, y)
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.precision.backward(loss)  # one pass: weight gradients and the input gradient (sign is scale-free)
         ctx.optimizer_step()
@@ -216,6 +243,8 @@ class AdversarialStep:
             None leaves the optimizer's own values.
         precision (str): ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"``. (Default: ``"fp32"``)
         seed (int): seed of the attack's random starts. (Default: 0)
+        label_smoothing (float): of the training loss (never of the attack's). (Default: 0)
+        method_args (dict, optional): the method's own settings (``METHODS[name].settings``).
 
     Shape:
         - x: :math:`(N, C, H, W)` float in [0, 1], on the model's device.
@@ -236,7 +265,8 @@ class AdversarialStep:
     def __init__(self, method: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, eps: float,
                  alpha: float | None = None, replays: int = 8, attack_steps: int = 7, noise: float = 2.0,
                  lr_schedule: Callable[[int], float] | None = None,
-                 momentum_schedule: Callable[[int], float] | None = None, precision: str = "fp32", seed: int = 0):
+                 momentum_schedule: Callable[[int], float] | None = None, precision: str = "fp32", seed: int = 0,
+                 label_smoothing: float = 0.0, method_args: dict | None = None):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r} (valid: {', '.join(sorted(METHODS))})")
         if eps < 0 or replays < 1 or attack_steps < 1:
@@ -247,7 +277,8 @@ class AdversarialStep:
         self.ctx = StepContext(model, optimizer, eps, alpha, replays, attack_steps,
                                hyperparam_setter(optimizer, lr_schedule, momentum_schedule),
                                torch.Generator(device=device).manual_seed(seed),
-                               precision=make_precision(precision, device), noise=noise)
+                               precision=make_precision(precision, device), noise=noise,
+                               label_smoothing=label_smoothing, args=self.method.resolve(method_args))
 
     @property
     def passes(self) -> int:
@@ -259,8 +290,11 @@ class AdversarialStep:
         """Optimizer steps taken so far (Free-m's replays included)."""
         return self.ctx.iteration
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepStats:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepStats:
+        """One minibatch; ``index``: the rows' indices in the training set, for methods that keep a
+        per-example memory (they say so when it is missing)."""
         self.ctx.model.train()
+        self.ctx.index = index
         return self.method.step(self.ctx, x, y)
 
     def state_dict(self) -> dict:

@@ -121,7 +121,8 @@ def build(cfg: TrainConfig, data: Dataset | None = None, model: nn.Module | None
     ctx = StepContext(distributed.wrap(train_model, device), optimizer, eps, alpha, cfg.replays, cfg.attack_steps,
                       hyperparam_setter(optimizer, lr_fn, mom_fn, lambda: loop.lr_scale),
                       torch.Generator(device=device).manual_seed(distributed.rank_seed(cfg.seed + 1)),  # random starts
-                      precision=make_precision(cfg.precision, device), noise=cfg.noise)
+                      precision=make_precision(cfg.precision, device), noise=cfg.noise,
+                      label_smoothing=cfg.label_smoothing, args=method_settings(cfg))
     augment = data.augment if cfg.augment is None else cfg.augment
     stream = BatchStream(data.x_train, data.y_train, cfg.batch_size, augment=augment, shard=distributed.rows,
                          generator=torch.Generator().manual_seed(cfg.seed))  # data order and augmentation
@@ -192,11 +193,21 @@ def check_config(cfg: TrainConfig, model: nn.Module | None = None) -> None:
             raise ConfigError(unknown_name(kind, name, registry))
     if model is None and not is_known(cfg.model):
         raise ConfigError(unknown_name("model", cfg.model, MODELS) + " or torchvision:NAME, timm:NAME")
+    method_settings(cfg)
     check_schedules(cfg)
     if model is None:
         check_model_args(cfg)
     if cfg.data_dir is not None and not Path(cfg.data_dir).expanduser().is_dir():
         raise ConfigError(f"data_dir not found: {cfg.data_dir}")
+
+
+def method_settings(cfg: TrainConfig) -> dict:
+    """The method's own settings: its defaults under ``cfg.method_args`` ('key=value,...'); one-line ConfigError."""
+    _, given = parse_spec(f"{cfg.method}:{cfg.method_args}") if cfg.method_args.strip() else ("", {})
+    try:
+        return METHODS[cfg.method].resolve(given)
+    except ValueError as exc:
+        raise ConfigError(f"method_args {cfg.method_args!r} for {cfg.method}: {exc}") from None
 
 
 def check_schedules(cfg: TrainConfig) -> None:
