@@ -65,6 +65,27 @@ def apply(values: Mapping[str, Any]) -> dict[str, Any]:
     return {**base, **values}
 
 
+TUNING_FIELDS = ("optimizer", "lr_schedule", "lr_max", "momentum", "momentum_schedule", "weight_decay", "epochs",
+                 "batch_size", "time_budget")
+
+
+def provenance(values: Mapping[str, Any]) -> str | None:
+    """One line saying which settings a run takes from its preset when the given values change the preset's
+    method (the preset's LR, optimizer and length were tuned for another method), else None."""
+    name = values.get("preset")
+    if name in (None, NONE):
+        return None
+    base = load(name)
+    if "method" not in values or values["method"] == base.get("method"):
+        return None
+    dropped = [k for k in METHOD_FIELDS if k in base and k not in values]
+    taken = [f"{k} {base[k]}" for k in TUNING_FIELDS if k in base and k not in values]
+    return (f"preset {name} was tuned for {base.get('method')}, this run trains {values['method']}: "
+            + (f"the preset's {', '.join(dropped)} dropped (the method's defaults instead); " if dropped else "")
+            + (f"taken from the preset: {', '.join(taken)}" if taken else "nothing else taken from it")
+            + " (a flag overrides any of them)")
+
+
 def help_table() -> str:
     """One line per preset, and which dataset/device picks it, for ``fastadv train --help``."""
     picks: dict[str, list[str]] = {}

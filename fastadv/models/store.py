@@ -42,14 +42,15 @@ def model_from_arch(arch: dict) -> nn.Module:
     return build_model(arch["model"], **{k: arch[k] for k in BUILD_KEYS if k in arch})
 
 
-def save_weights(model: nn.Module, run_dir: Path, arch: dict) -> None:
-    """model.pt (plain state_dict) and model.safetensors (architecture in the metadata)."""
+def save_weights(model: nn.Module, run_dir: Path, arch: dict, stem: str = "model") -> None:
+    """``stem``.pt (plain state_dict) and ``stem``.safetensors (architecture in the metadata); the run's kept
+    weights are ``model.*``, the others (``model-raw``, ``model-average``) load with ``load_model(path)``."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(run_dir / "model.pt", lambda tmp: torch.save(state, tmp))
+    atomic_write(run_dir / f"{stem}.pt", lambda tmp: torch.save(state, tmp))
     meta = {"fastadv_arch": json.dumps(arch)}
-    atomic_write(run_dir / "model.safetensors", lambda tmp: save_file(state, tmp, metadata=meta))
+    atomic_write(run_dir / f"{stem}.safetensors", lambda tmp: save_file(state, tmp, metadata=meta))
 
 
 def read_arch(path: Path) -> tuple[dict, Path]:

@@ -184,7 +184,9 @@ def training_state(s) -> dict:
             "scaler": scaler.state_dict() if scaler is not None else None,
             "schedules": [s.lr_fn.state_dict(), s.mom_fn.state_dict()],
             "method": ctx.state, "data": s.stream.state_dict(), "rng": rng_state(ctx.generator),
-            "loop": s.loop.state_dict(), "ranks": rank_states(ctx)}
+            "loop": s.loop.state_dict(), "ranks": rank_states(ctx),
+            "average": s.averager.state_dict() if s.averager is not None else None,
+            "selection": s.selection.state_dict() if s.selection is not None else None}
 
 
 def check_same_run(ckpt: dict, cfg: TrainConfig, arch: dict, name: str) -> None:
@@ -243,6 +245,12 @@ def restore_training(s, ckpt: dict, name: str) -> str | None:
                               f"start the run again")
     check_same_run(ckpt, s.cfg, s.arch, name)
     restore_weights(ckpt, s.ctx, name)
+    planned = ckpt["loop"].get("planned_minibatches", 0)
+    if planned:  # the time budget's fit, kept: the resumed run has the very length of the unbroken one
+        s.refit(planned)
+    for part, state in ((s.averager, ckpt.get("average")), (s.selection, ckpt.get("selection"))):
+        if part is not None and state is not None:
+            part.load_state_dict(state)
     for fn, state in zip((s.lr_fn, s.mom_fn), ckpt["schedules"]):
         fn.load_state_dict(state or {})
     s.stream.load_state_dict(ckpt["data"])

@@ -25,6 +25,8 @@ CLEAN_SLACK = 0.02  # guard: clean accuracy counts as "not falling" within 2 poi
 NOT_LEARNING_AT = 0.25  # fraction of the budget after which a run must be above chance
 NOT_LEARNING_MARGIN = 0.05  # within this of chance (1 / classes) counts as not learning
 NOT_LEARNING_MIN_STEPS = 200  # and only once this many optimizer steps have run (short test runs may sit at chance)
+COLLAPSE_AT = 0.25  # fraction of the budget after which robust accuracy near zero counts as a collapse
+COLLAPSE_FLOOR = 0.25  # "near zero": validation robust accuracy below this fraction of chance (2.5% for 10 classes)
 
 
 class NotLearning(RuntimeError):
@@ -105,3 +107,20 @@ def not_learning(cfg: TrainConfig, check, progress: float, steps: int, num_class
             f"{progress:.0%} of the budget; likely causes: lr_max too high for the method and optimizer "
             f"(now {cfg.lr_max:g} with {cfg.optimizer}), eps too large for the data, or Free-m at MNIST's eps 0.3 "
             f"(try the preset: fastadv train --dataset {cfg.dataset}); --no-stop-if-not-learning runs on")
+
+
+def robustness_collapse(cfg: TrainConfig, eps: float, checks: list, progress: float, num_classes: int) -> str | None:
+    """The one-line warning when robustness has collapsed, else None: after COLLAPSE_AT of the budget, an
+    adversarial run whose validation robust accuracy is near zero (below COLLAPSE_FLOOR x chance, for the raw
+    and the averaged weights alike) while its clean accuracy is clearly above chance. A collapse from the
+    first checks on never trips the guard (robust accuracy never rose to fall from), so this says it."""
+    chance = 1.0 / max(num_classes, 1)
+    if cfg.method == "standard" or eps <= 0 or progress < COLLAPSE_AT:
+        return None
+    best = max(checks, key=lambda c: c.robust_acc)
+    if best.robust_acc >= COLLAPSE_FLOOR * chance or best.clean_acc <= chance + NOT_LEARNING_MARGIN:
+        return None
+    return (f"robustness collapsed: validation robust accuracy {best.robust_acc:.3f} (PGD at eps {eps:.4g}) with clean "
+            f"accuracy {best.clean_acc:.3f} after {progress:.0%} of the budget: catastrophic overfitting from the "
+            f"start; try a smaller alpha, an eps warm-up (eps_warmup), a multi-step method, or the dataset's preset "
+            f"(fastadv train --dataset {cfg.dataset})")

@@ -14,8 +14,11 @@ from typing import Any
 from fastadv.io import atomic_write
 
 METRIC_FIELDS = ["step", "epoch", "seconds", "lr", "momentum", "train_loss", "train_acc",
-                 "clean_loss", "clean_acc", "adv_loss", "adv_acc", "grad_computations", "event"]
+                 "clean_loss", "clean_acc", "adv_loss", "adv_acc", "grad_computations",
+                 "avg_clean_acc", "avg_adv_acc", "event"]
 SCALARS = METRIC_FIELDS[2:-1]  # what goes to TensorBoard ("event" is text, empty on most rows)
+# clean_* and adv_*: the raw weights on the validation split; avg_*: the averaged weights there (empty before
+# averaging begins or without it)
 
 
 class RunLog:
@@ -52,14 +55,17 @@ class RunLog:
             csv.writer(f).writerow([fmt(values.get(k, "")) for k in METRIC_FIELDS])
         if self.tb is not None:
             for key in SCALARS:
-                self.tb.add_scalar(tb_tag(key), values[key], values["step"])
+                if values.get(key, "") != "":
+                    self.tb.add_scalar(tb_tag(key), values[key], values["step"])
             self.tb.flush()
         self.bar.set_postfix(loss=f"{values['train_loss']:.3f}", acc=f"{values['train_acc']:.3f}",
                              lr=f"{values['lr']:.3g}", rob=f"{values['adv_acc']:.3f}", refresh=False)
         if self.lines:
             print(f"step {values['step']}/{self.total} (epoch {values['epoch']:.2f}, {values['seconds']:.0f} s): "
-                  f"train loss {values['train_loss']:.3f} acc {values['train_acc']:.3f}, held-out clean "
-                  f"{values['clean_acc']:.3f} robust {values['adv_acc']:.3f}, lr {values['lr']:.3g}"
+                  f"train loss {values['train_loss']:.3f} acc {values['train_acc']:.3f}, validation clean "
+                  f"{values['clean_acc']:.3f} robust {values['adv_acc']:.3f}"
+                  + (f" (averaged {values['avg_clean_acc']:.3f} / {values['avg_adv_acc']:.3f})"
+                     if values.get("avg_adv_acc", "") != "" else "") + f", lr {values['lr']:.3g}"
                   + (f"; {values['event']}" if values.get("event") else ""), file=sys.stderr, flush=True)
 
     def warn(self, message: str) -> None:
@@ -92,7 +98,8 @@ def keep_rows(path: Path, rows: int) -> None:
 
 
 def tb_tag(key: str) -> str:
-    group = {"train": "train", "clean": "clean", "adv": "adversarial"}.get(key.split("_")[0], "hparams")
+    group = {"train": "train", "clean": "clean", "adv": "adversarial", "avg": "averaged"}.get(key.split("_")[0],
+                                                                                        "hparams")
     return f"{group}/{key}"
 
 
@@ -100,9 +107,9 @@ def fmt(v: Any) -> Any:
     return f"{v:.6g}" if isinstance(v, float) else v
 
 
-def metrics_row(s, totals: list[float], check, event: str) -> dict:
+def metrics_row(s, totals: list[float], check, event: str, averaged=None) -> dict:
     """One metrics.csv row at a held-out check of a ``Setup``; ``totals``: loss sum, correct, count since the
-    last row (over every process)."""
+    last row (over every process); ``averaged``: the averaged weights' check, if any."""
     loss_sum, correct, count = totals
     step = max(s.ctx.iteration - 1, 0)  # the step just taken
     return {"step": s.ctx.iteration, "epoch": s.loop.mb_done / s.per_epoch, "seconds": s.loop.train_seconds,
@@ -110,4 +117,6 @@ def metrics_row(s, totals: list[float], check, event: str) -> dict:
             "train_loss": loss_sum / count, "train_acc": correct / count,
             "clean_loss": check.clean_loss, "clean_acc": check.clean_acc,
             "adv_loss": check.robust_loss, "adv_acc": check.robust_acc,
-            "grad_computations": s.loop.passes, "event": event}
+            "grad_computations": s.loop.passes, "event": event,
+            "avg_clean_acc": averaged.clean_acc if averaged is not None else "",
+            "avg_adv_acc": averaged.robust_acc if averaged is not None else ""}

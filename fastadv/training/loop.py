@@ -35,9 +35,10 @@ from fastadv.training.checkpoint import (
     restore_training,
 )
 from fastadv.training.finder import auto_lr_max
-from fastadv.training.guard import NotLearning, guard_check, make_guard, not_learning
+from fastadv.training.budget import TimeBudget
+from fastadv.training.guard import NotLearning, guard_check, make_guard, not_learning, robustness_collapse
 from fastadv.training.log import RunLog, metrics_row
-from fastadv.training.run_dir import new_run, resume_config
+from fastadv.training.run_dir import new_run, resume_config, rewrite_config
 from fastadv.training.setup import Setup, build, check_config, load_data
 from fastadv.training.summary import build_summary, figures, write_summary
 
@@ -95,13 +96,19 @@ def run(cfg: TrainConfig, data: Dataset | None, model: nn.Module | None, resume:
     check = HeldOut(s, run_dir, log)
     stop = Interrupts()
     timer = Timer(s.device)
+    budget = TimeBudget(s.cfg.time_budget) if s.cfg.time_budget else None
     s.model.train()
     try:
         with stop:
             while s.loop.mb_done < s.minibatches and not s.loop.stopped:
-                # one minibatch: eps ramp, the method's optimizer step(s), statistics kept on the device
+                # one minibatch: eps ramp, the method's optimizer step(s), the average, statistics on the device
                 train_minibatch(s)
                 log.bar.update(s.steps_per_minibatch)
+                # time budget: fit the run's length to the measured speed, twice early on
+                if budget is not None and budget.due(s.loop):
+                    budget.fit(s, s.loop.train_seconds + timer.lap())
+                    log.bar.total = s.total_steps
+                    rewrite_config(s, run_dir)
                 # held-out check and checkpoint when due; their time is not training time
                 at_check = s.ctx.iteration >= s.loop.next_eval or s.loop.mb_done >= s.minibatches
                 if at_check or saver.due():
@@ -149,6 +156,8 @@ def train_minibatch(s: Setup) -> None:
     s.ctx.index = s.stream.last_index  # the rows' training-set indices, for per-example memories
     stats = s.method.step(s.ctx, perf.prepare_batch(x, s.channels_last), y)
     s.loop.add(stats, s.passes_per_minibatch)
+    if s.averager is not None:
+        s.averager.update(s.model, s.ctx.iteration)
 
 
 def eps_ramp(progress: float, warmup: float) -> float:
@@ -170,25 +179,41 @@ def finite_totals(s: Setup, last_checkpoint: str | None) -> list[float]:
 
 
 class HeldOut:
-    """The periodic held-out check: fixed test points (the same for every run), quick PGD at eps/4.
+    """The periodic held-out check on the validation split (never the test set): quick PGD at eps/4.
 
-    Calling it at a check evaluates, lets the guard judge, writes the metrics row, hands the result
-    to the schedules and returns the not-learning reason (None when the run is learning).
+    Calling it at a check evaluates the raw weights (and the averaged ones, once averaging has begun),
+    lets the guard judge, offers both to the selection of the kept weights, writes the metrics row,
+    hands the result to the schedules and returns the not-learning reason (None when the run is learning).
     """
 
     def __init__(self, s: Setup, run_dir: Path, log: RunLog):
         self.s, self.run_dir, self.log, self.guard = s, run_dir, log, make_guard(s.cfg)
-        data = s.data
-        idx = torch.randperm(len(data.y_test), generator=torch.Generator().manual_seed(0))[:s.cfg.eval_size]
-        self.points = (data.x_test[idx.to(s.device)], data.y_test[idx.to(s.device)])
+        n = min(s.cfg.eval_size, s.data.val_size)
+        self.points = (s.data.x_val[:n], s.data.y_val[:n])  # the split is in random order: a random sample
         self.attack = AttackSpec("pgd", eps=s.eps, steps=s.cfg.eval_attack_steps, restarts=1)
+
+    def evaluate(self, model: nn.Module):
+        return evaluate_distributed(model, self.points, attack=self.attack, batch_size=self.s.cfg.eval_batch_size,
+                                    seed=self.s.cfg.seed)
 
     def __call__(self, totals: list[float]) -> str | None:
         s, loop = self.s, self.s.loop
-        result = evaluate_distributed(s.model, self.points, attack=self.attack, batch_size=s.cfg.eval_batch_size,
-                                      seed=s.cfg.seed)
+        result = self.evaluate(s.model)
+        averaged = None
+        if s.averager is not None and s.averager.started:
+            averaged = self.evaluate(s.averager.ready(s.data.x_train, s.channels_last))
+        if s.selection is not None:  # before the guard, which may put earlier weights back
+            s.selection.offer("raw", s.ctx.iteration, result, s.model)
+            if averaged is not None:
+                s.selection.offer("average", s.ctx.iteration, averaged, s.averager.model.module)
         event = guard_check(self.guard, loop, result, s.ctx, self.run_dir, self.log.warn) if self.guard else ""
-        self.log.row(metrics_row(s, totals, result, event))
+        warning = robustness_collapse(s.cfg, s.eps, [result] + ([averaged] if averaged else []),
+                                      loop.mb_done / s.minibatches, s.data.num_classes)
+        if warning and not loop.collapsed:
+            loop.collapsed = warning
+            loop.events.append({"event": "robustness_collapse", "step": s.ctx.iteration, "message": warning})
+            self.log.warn(f"fastadv: warning: {warning}")
+        self.log.row(metrics_row(s, totals, result, event, averaged))
         loop.rows += 1
         metrics = {"clean_acc": result.clean_acc, "adv_acc": result.robust_acc, "clean_loss": result.clean_loss,
                    "adv_loss": result.robust_loss}
@@ -219,9 +244,13 @@ def open_log(s: Setup, run_dir: Path, resume, saver: Saver):
 
 
 def finish(s: Setup, run_dir: Path) -> RunResult:
-    """Weights, the final evaluation (PGD-K on the test set, AA-lite, sanity checks) and summary.json."""
+    """The kept weights, the final evaluation (PGD-K on the test set, AA-lite, sanity checks) and summary.json.
+
+    The test set is read here for the first time: which weights are kept was decided on the validation split.
+    """
     cfg = s.cfg
     ranks = distributed.summary_fields(s.model)  # rank 0's buffers everywhere; weights identical on all ranks
+    kept = keep_weights(s, run_dir)
     if distributed.is_main():
         save_weights(s.model, run_dir, s.arch)
     final = AttackSpec("pgd", eps=s.eps, alpha=cfg.final_alpha, steps=cfg.final_attack_steps,
@@ -231,10 +260,32 @@ def finish(s: Setup, run_dir: Path) -> RunResult:
     result = evaluate_distributed(s.model, s.data, attack=final, limit=cfg.final_limit,
                                   batch_size=cfg.eval_batch_size, seed=cfg.seed, sanity=True, aa_lite=aa_lite)
     status = "stopped by the overfitting guard" if s.loop.stopped else "completed"
-    summary = {**build_summary(s, run_dir, status, evaluation=figures(result, final, time.perf_counter() - t)),
-               **ranks}
+    evaluation = figures(result, final, time.perf_counter() - t)
+    if s.loop.collapsed:  # robust accuracy near zero on validation: no figure of this run is to be trusted
+        status = "robustness collapsed"
+        evaluation["trusted"] = False
+    summary = {**build_summary(s, run_dir, status, evaluation=evaluation), "kept": kept, **ranks}
     write_summary(run_dir, summary)
     return RunResult(run_dir, summary, s.model.eval(), cfg)
+
+
+def keep_weights(s: Setup, run_dir: Path) -> dict:
+    """Put the kept weights into ``s.model`` (the selection's, by the validation check) and write the other sets
+    beside them: ``model-raw.*`` (the raw weights at the end) and ``model-average.*``. Returns summary.json's
+    record of the choice."""
+    if s.averager is not None and distributed.is_main():
+        save_weights(s.model, run_dir, s.arch, stem="model-raw")
+        save_weights(s.averager.model.module, run_dir, s.arch, stem="model-average")
+    record = s.selection.record() if s.selection is not None else None
+    if record is None:
+        return {"which": "raw", "step": s.ctx.iteration, "keep": "last",
+                "why": "no weight averaging and keep = last: the weights at the end of training"}
+    s.model.load_state_dict(s.selection.best["weights"])
+    record["why"] = (f"best validation robust accuracy ({record['val_adv_acc']:.4f}, PGD-{s.cfg.eval_attack_steps} on "
+                     f"{min(s.cfg.eval_size, s.data.val_size)} validation points) among "
+                     + ("raw and averaged weights at every check" if s.cfg.keep == "best" else
+                        "the raw and averaged weights at the last check"))
+    return record
 
 
 class Timer:

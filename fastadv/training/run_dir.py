@@ -45,7 +45,8 @@ def resolved(s) -> dict:
     return {**cfg.to_dict(), "eps": s.eps, "alpha": s.alpha, "augment": s.stream.augment,
             "total_steps": s.total_steps, "minibatches": s.minibatches, "eval_every": s.eval_every,
             "device": str(s.device), "data_source": s.data.source, "train_size": len(s.data.y_train),
-            "data_note": s.data.split_note, "arch": s.arch, "speed": s.speed, "versions": versions(),
+            "data_note": s.data.split_note, "val_size": s.data.val_size, "test_size": s.data.test_size,
+            "arch": s.arch, "speed": s.speed, "versions": versions(),
             "world_size": distributed.world_size(), **({"lr_finder": s.lr_finder} if s.lr_finder else {})}
 
 
@@ -62,6 +63,12 @@ def new_run(s) -> Path:
     run_dir = distributed.from_main(make)
     s.cfg = run_config(run_dir)
     return run_dir
+
+
+def rewrite_config(s, run_dir: Path) -> None:
+    """config.json again after the time budget changed the run's length (rank 0 writes; the config is the same)."""
+    if distributed.is_main():
+        write_json(run_dir / "config.json", resolved(s))
 
 
 def run_config(run_dir: Path) -> TrainConfig:

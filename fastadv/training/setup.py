@@ -33,6 +33,8 @@ from fastadv.errors import first_line
 from fastadv.models import MODELS, build_model, is_known, wrap_model
 from fastadv.models.store import arch_of
 from fastadv.specs import parse_spec
+from fastadv.training.averaging import Averager, Selection
+from fastadv.training.budget import FIRST_FIT
 from fastadv.training.state import LoopState
 
 SCHEDULE_SAMPLES = 1000  # steps at which a schedule is evaluated to check its values
@@ -62,6 +64,8 @@ class Setup:
     channels_last: bool
     speed: dict  # what perf and precision switched on, for config.json
     lr_finder: dict | None = None  # the LR range test's record when lr_max was "auto"
+    averager: Averager | None = None  # the averaged weights (average = ema | swa)
+    selection: Selection | None = None  # the kept weights' candidate (with averaging or keep = "best")
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -74,6 +78,22 @@ class Setup:
     @property
     def passes_per_minibatch(self) -> int:
         return self.method.passes_per_minibatch(self.cfg.replays, self.cfg.attack_steps)
+
+    def refit(self, minibatches: int) -> None:
+        """Give the run ``minibatches`` in all (the time budget's fit): the schedules stretch over the new
+        total (they are functions of progress), the held-out checks and the averaging start move with it."""
+        self.minibatches = max(minibatches, self.loop.mb_done, 1)
+        self.total_steps = self.minibatches * self.steps_per_minibatch
+        lr_fn, mom_fn = schedules.for_config(self.cfg, self.total_steps)
+        for new, old in ((lr_fn, self.lr_fn), (mom_fn, self.mom_fn)):
+            new.load_state_dict(old.state_dict())
+        self.lr_fn, self.mom_fn = lr_fn, mom_fn
+        self.ctx.set_hyperparams = hyperparam_setter(self.optimizer, lr_fn, mom_fn, lambda: self.loop.lr_scale)
+        self.eval_every = self.cfg.eval_every or max(1, self.total_steps // 10)
+        self.loop.next_eval = max((self.loop.rows + 1) * self.eval_every, self.ctx.iteration + 1)
+        self.loop.planned_minibatches = self.minibatches
+        if self.averager is not None:
+            self.averager.start_step = round(self.cfg.average_start * self.total_steps)
 
 
 def build(cfg: TrainConfig, data: Dataset | None = None, model: nn.Module | None = None) -> Setup:
@@ -101,7 +121,8 @@ def build(cfg: TrainConfig, data: Dataset | None = None, model: nn.Module | None
     device = distributed.local_device(perf.resolve_device(cfg.device))
     distributed.per_rank_batch(cfg.batch_size)  # the global batch must split evenly across processes
     seed_everything(cfg.seed)
-    data = (data if data is not None else load_data(cfg, device)).limit_train(cfg.train_limit).to(device)
+    data = (data if data is not None else load_data(cfg, device)).with_validation(cfg.val_size)
+    data = data.limit_train(cfg.train_limit).to(device)
     arch = arch_of(cfg, data, model)
     net = own_model(model, data) if model is not None else build_checked(cfg, data)
     net = net.to(device)
@@ -112,6 +133,8 @@ def build(cfg: TrainConfig, data: Dataset | None = None, model: nn.Module | None
     steps_per_mb = method.steps_per_minibatch(cfg.replays, cfg.attack_steps)
     minibatches = max(1, round(cfg.iterations / steps_per_mb) if cfg.iterations > 0  # thesis unit: steps
                       else round(cfg.epochs * per_epoch))
+    if cfg.time_budget:  # a provisional length until the budget's first fit (fastadv.training.budget)
+        minibatches = max(minibatches, FIRST_FIT + 1)
     total_steps = minibatches * steps_per_mb
     lr_fn, mom_fn = schedules.for_config(cfg, total_steps)
     channels_last = perf.resolve_channels_last(cfg.channels_last, device)
@@ -128,14 +151,19 @@ def build(cfg: TrainConfig, data: Dataset | None = None, model: nn.Module | None
                          generator=torch.Generator().manual_seed(cfg.seed))  # data order and augmentation
     speed = {**perf.configure_backends(device), "channels_last": channels_last, "compile": cfg.compile,
              "precision": ctx.precision.mode}
+    averager = Averager.for_config(cfg, net, total_steps, steps_per_mb)
+    selection = Selection(cfg.keep) if averager is not None or cfg.keep == "best" else None
     return Setup(cfg, device, data, net, ctx, stream, method, lr_fn, mom_fn, loop, eps, alpha, per_epoch,
-                 minibatches, total_steps, loop.next_eval, arch, channels_last, speed)
+                 minibatches, total_steps, loop.next_eval, arch, channels_last, speed, averager=averager,
+                 selection=selection)
 
 
 def load_data(cfg: TrainConfig, device: torch.device) -> Dataset:
-    """The config's dataset on ``device``; under torchrun rank 0 fills the download cache before the others read it."""
+    """The config's dataset on ``device``, its validation split carved; under torchrun rank 0 fills the download
+    cache before the others read it."""
     with distributed.main_first():
-        return load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, device=device)
+        return load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, device=device
+                            ).with_validation(cfg.val_size)
 
 
 def seed_everything(seed: int) -> None:

@@ -24,6 +24,10 @@ class LoopState:
     lr_scale: float = 1.0  # product of the guard's lr remedies
     alpha_scale: float = 1.0  # product of the guard's alpha remedies
     stopped: bool = False  # the guard's stop remedy ended training early
+    planned_minibatches: int = 0  # the time budget's fit (0: as the config says); a resume keeps it
+    fits: int = 0  # time-budget fits done
+    budget_mark: list = field(default_factory=list)  # [minibatches, seconds] at the last fit
+    collapsed: str | None = None  # the robustness-collapse warning, once given
     good: dict | None = None  # guard: the best check so far {step, clean_acc, adv_acc, checkpoint}
     events: list = field(default_factory=list)  # guard events, for summary.json
     sums: torch.Tensor | None = None  # loss sum, correct since the last row (float64, on the device)
@@ -53,7 +57,7 @@ class LoopState:
         for f in fields(self):
             if f.name == "sums":
                 self.sums.copy_(state["sums"])
-            else:
+            elif f.name in state:  # a field newer than the checkpoint keeps its default
                 setattr(self, f.name, state[f.name])
 
 

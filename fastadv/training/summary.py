@@ -45,7 +45,9 @@ def build_summary(s, run_dir: Path, status: str, *, evaluation: dict | None = No
                "grad_computations": loop.passes,
                "compute_epochs": loop.passes * cfg.batch_size / n_train,  # fwd-bwd work in passes over the data
                "co_guard": cfg.co_guard if cfg.co_guard is not None else s.method.single_step,
-               "events": loop.events, "train_size": n_train, "data_note": s.data.split_note,
+               "events": loop.events, "train_size": n_train, "val_size": s.data.val_size,
+               "test_size": s.data.test_size, "data_note": s.data.split_note,
+               **({"time_budget": cfg.time_budget} if cfg.time_budget else {}),
                "seed": cfg.seed, "device": str(s.device)}
     return summary
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import typing
 from dataclasses import fields
 from pathlib import Path
@@ -39,7 +40,14 @@ def config_from_args(args: argparse.Namespace, use_presets: bool = False) -> Tra
         name = preset_for(dataset, device_type(overrides.get("device", TrainConfig.device)))
         if name is not None:
             overrides["preset"] = name
-    return TrainConfig.from_dict(overrides)
+    cfg = TrainConfig.from_dict(overrides)
+    if use_presets:
+        from fastadv.presets import provenance
+
+        note = provenance(overrides)
+        if note:
+            print(f"fastadv: {note}", file=sys.stderr)
+    return cfg
 
 
 def device_type(device: str) -> str:
@@ -68,6 +76,13 @@ def table(rows) -> str:
 def print_summary(summary: dict, run_dir: Path, label: str = "") -> None:
     print(f"\n{label}{summary['dataset']} / {summary['model']} / {summary['method']}: "
           f"{summary['steps']} steps, {summary['train_seconds']:.1f} s of training")
+    if summary.get("status", "completed") != "completed":
+        why = next((e["message"] for e in summary.get("events", []) if e.get("event") == "robustness_collapse"), "")
+        print(f"  status: {summary['status'].upper()}{' -- ' + why if why else ''}; its figures are not to be trusted"
+              if summary["status"] == "robustness collapsed" else f"  status: {summary['status']}")
+    kept = summary.get("kept")
+    if kept and kept.get("which") and (kept.get("which") != "raw" or kept.get("keep") == "best"):
+        print(f"  weights kept: {kept['which']} at step {kept['step']} ({kept.get('why', '')})")
     failed = [c for c in summary.get("sanity", []) if c["passed"] is False]
     flag = "  NOT TRUSTED: a sanity check failed (below)" if failed else ""
     rows = []
