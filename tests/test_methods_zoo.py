@@ -277,16 +277,36 @@ def test_trades_kl_term_is_zero_when_the_outputs_are_equal():
     assert kl_to(a, a).abs() < 1e-6 and kl_to(a + torch.randn(8, 3), a) > 0
 
 
-def test_trades_trains_on_the_clean_loss_at_beta_zero():
-    def weights(method, **args):
-        torch.manual_seed(0)
-        model = Watched()
-        step = AdversarialStep(method, model, torch.optim.SGD(model.parameters(), lr=0.1), eps=EPS, seed=1,
-                               attack_steps=STEPS, method_args=args)
-        step(*minibatch(0))
-        return torch.nn.utils.parameters_to_vector(model.parameters())
+def weights_after_one_step(method: str, **args) -> torch.Tensor:
+    torch.manual_seed(0)
+    model = Watched()
+    step = AdversarialStep(method, model, torch.optim.SGD(model.parameters(), lr=0.1), eps=EPS, seed=1,
+                           attack_steps=STEPS, method_args=args, train_size=TRAIN)
+    step(*minibatch(0))
+    return torch.nn.utils.parameters_to_vector(model.parameters())
 
-    standard = weights("standard")
-    assert not torch.allclose(weights("trades"), standard, atol=1e-4)
-    # beta 0: CE(f(x)) alone; the attack's forwards still update BatchNorm's running statistics only
-    assert torch.allclose(weights("trades", beta=0.0), standard, atol=1e-6)
+
+@pytest.mark.parametrize("method,weight", [("trades", "beta"), ("trades-fgsm", "beta"), ("gat", "lam")])
+def test_clean_loss_methods_train_on_the_clean_loss_at_weight_zero(method, weight):
+    """TRADES and GAT: CE(f(x)) plus a weighted term; at weight 0 the update is standard training's (the
+    attack's forwards only move BatchNorm's running statistics, which are not parameters)."""
+    standard = weights_after_one_step("standard")
+    assert not torch.allclose(weights_after_one_step(method), standard, atol=1e-4)
+    assert torch.allclose(weights_after_one_step(method, **{weight: 0.0}), standard, atol=1e-6)
+
+
+def test_nu_at_nuclear_term_changes_the_update():
+    assert not torch.allclose(weights_after_one_step("nu-at", lam=0.0), weights_after_one_step("nu-at"), atol=1e-4)
+
+
+def test_zero_grad_leaves_the_smallest_quantile_at_its_random_start():
+    """The step moves no coordinate whose gradient was zeroed: at least floor(q D) per example stay put."""
+    counts = {}
+    for method in ("zero-grad", "fgsm-rs"):
+        step, model, _ = make(method)
+        model.inputs.clear()
+        step(*minibatch(0))
+        start, trained = model.inputs[:2]
+        counts[method] = ((trained - start) == 0).flatten(1).sum(1)
+    assert torch.all(counts["zero-grad"] >= int(0.35 * 16))
+    assert counts["fgsm-rs"].float().mean() < 2  # without zeroing, almost every coordinate moves
