@@ -38,7 +38,7 @@ def make_ctx(method, eps=0.1, replays=4, attack_steps=3):
     lrs = []
     alpha = METHODS[method].default_alpha(eps, attack_steps)
     ctx = StepContext(model, opt, eps, alpha, replays, attack_steps, set_hyperparams=lrs.append,
-                      generator=torch.Generator().manual_seed(1))
+                      generator=torch.Generator().manual_seed(1), index=torch.arange(8), train_size=64)
     return ctx, lrs
 
 
@@ -116,6 +116,7 @@ def test_cost_accounting(method, passes, steps):
 def test_every_method_lowers_the_loss_in_a_few_steps(method):
     ctx, _ = make_ctx(method)
     x, y = batch(32)
+    ctx.index = torch.arange(32)  # the rows' training-set indices (per-example memories)
     first = METHODS[method].step(ctx, x, y)
     for _ in range(20):
         last = METHODS[method].step(ctx, x, y)

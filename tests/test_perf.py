@@ -130,7 +130,7 @@ def test_step_functions_make_no_host_syncs(method, monkeypatch):
     model = build_model("small-cnn", channels=1, size=16)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     ctx = StepContext(model, opt, 0.1, 0.1, 2, 2, lambda i: None, torch.Generator().manual_seed(0),
-                      precision=make_precision("fp32", torch.device("cpu")))
+                      precision=make_precision("fp32", torch.device("cpu")), index=torch.arange(8), train_size=8)
     x, y = torch.rand(8, 1, 16, 16), torch.randint(0, 10, (8,))
     for _ in range(2):
         METHODS[method].step(ctx, x, y)
@@ -143,7 +143,8 @@ def test_step_functions_do_not_synchronize_cuda(method):
     model = build_model("small-cnn", channels=1, size=16).cuda()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     ctx = StepContext(model, opt, 0.1, 0.1, 2, 2, lambda i: None, torch.Generator(device="cuda").manual_seed(0),
-                      precision=make_precision("fp16", torch.device("cuda")))
+                      precision=make_precision("fp16", torch.device("cuda")),
+                      index=torch.arange(8, device="cuda"), train_size=8)
     x, y = torch.rand(8, 1, 16, 16, device="cuda"), torch.randint(0, 10, (8,), device="cuda")
     METHODS[method].step(ctx, x, y)  # warm-up (lazy init may sync once)
     torch.cuda.synchronize()

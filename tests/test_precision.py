@@ -27,7 +27,7 @@ def batch(n=16, seed=0):
 def context(model, method, precision, eps=0.1):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     return StepContext(model, opt, eps, METHODS[method].default_alpha(eps, 2), 2, 2, lambda i: None,
-                       torch.Generator().manual_seed(1), precision=precision)
+                       torch.Generator().manual_seed(1), precision=precision, train_size=64)
 
 
 def test_fp32_is_plain_autograd():
@@ -85,6 +85,7 @@ def test_every_method_trains_under_bf16_on_cpu(method):
     model, (x, y) = tiny(), batch()
     before = [p.detach().clone() for p in model.parameters()]
     ctx = context(model, method, make_precision("bf16", torch.device("cpu")))
+    ctx.index = torch.arange(len(y))  # the rows' training-set indices (per-example memories)
     stats = METHODS[method].step(ctx, x, y)
     assert torch.isfinite(stats.loss_sum)
     assert all(p.dtype == torch.float32 for p in model.parameters())

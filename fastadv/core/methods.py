@@ -7,7 +7,10 @@ iteration first. Statistics stay on the device (no host syncs).
 
 Each method declares its facts once, in ``register_method``: optimizer steps and forward-backward
 computations per minibatch (standard 1, free m, fgsm-rs / fgsm / n-fgsm 2, pgd K+1), its default
-attack step, and whether it is a single-step method (prone to catastrophic overfitting).
+attack step, whether it is a single-step method (prone to catastrophic overfitting), its own settings
+and how far from x its training inputs may lie. The methods from the fast-AT literature (GradAlign,
+FGSM-PGI, NuAT, GAT, TRADES...) live in ``fastadv.core.zoo`` and are registered here; docs/METHODS.md
+lists every method.
 """
 from __future__ import annotations
 
@@ -15,11 +18,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from fastadv.core.attacks import n_fgsm, pgd
 from fastadv.core.distributed import unwrap
 from fastadv.core.precision import FP32, Precision, make_precision
+from fastadv.core.step_base import StepStats, train_loss
+from fastadv.core.zoo import ZOO
 
 
 @dataclass
@@ -41,6 +45,8 @@ class StepContext:
     label_smoothing: float = 0.0  # of the training loss only (``train_loss``), never of an attack's loss
     args: dict = field(default_factory=dict)  # the method's own settings (``Method.settings``), resolved
     index: torch.Tensor | None = None  # training-set indices of this minibatch's rows (per-example memories)
+    train_size: int | None = None  # rows of the training set: the size of per-example memories (None: grown)
+    progress: float | None = None  # fraction of training done, for ramped weights (None: the ramp is over)
 
     def optimizer_step(self) -> None:
         self.set_hyperparams(self.iteration)
@@ -56,30 +62,6 @@ class StepContext:
         with self.precision.autocast():
             return pgd(unwrap(self.model), x, y, eps=self.eps, alpha=self.alpha, steps=steps,
                        random_start=random_start, generator=self.generator)
-
-
-@dataclass
-class StepStats:
-    """Sums over the examples seen in a step (device tensors: no host sync until read)."""
-
-    loss_sum: torch.Tensor
-    correct: torch.Tensor
-    count: int
-
-    @property
-    def loss(self) -> float:
-        """Mean training loss of the step (reads the device: one sync)."""
-        return self.loss_sum.item() / max(self.count, 1)
-
-    @property
-    def accuracy(self) -> float:
-        """Training accuracy of the step, on the inputs it trained on (one sync)."""
-        return self.correct.item() / max(self.count, 1)
-
-
-def train_loss(ctx: StepContext, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The loss the weights are trained on: cross-entropy with ``ctx.label_smoothing`` (attacks keep plain CE)."""
-    return F.cross_entropy(logits.float(), y, label_smoothing=ctx.label_smoothing)
 
 
 def sgd_on(ctx: StepContext, x_in: torch.Tensor, y: torch.Tensor) -> StepStats:
@@ -101,6 +83,7 @@ class Method:
     default_alpha: Callable[[float, int], float]  # (eps, attack_steps) -> attack step size
     single_step: bool  # one attack step per update: prone to catastrophic overfitting (the guard is on)
     settings: dict = field(default_factory=dict)  # the method's own settings: name -> (default, help)
+    bound: Callable[[float, float, float], float] = lambda eps, alpha, noise: eps  # max |x_in - x| it trains on
 
     def resolve(self, given: dict | None = None) -> dict:
         """The method's settings: its defaults under ``given`` (name -> number); ValueError for an unknown
@@ -123,17 +106,19 @@ METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, *, steps=lambda m, k: 1, passes=lambda m, k: 1, alpha=lambda eps, k: eps,
-                    single_step: bool = False, settings: dict | None = None):
+                    single_step: bool = False, settings: dict | None = None,
+                    bound=lambda eps, alpha, noise: eps):
     """Register a step function with its facts; ``settings``: name -> (default, one-line help) of the
-    method's own hyperparameters (``method_args`` in the config, ``ctx.args`` in the step)."""
+    method's own hyperparameters (``method_args`` in the config, ``ctx.args`` in the step); ``bound``:
+    (eps, alpha, noise) -> the largest L-inf distance from x of any input the step shows the model."""
     def wrap(fn):
-        METHODS[name] = Method(fn, steps, passes, alpha, single_step, dict(settings or {}))
+        METHODS[name] = Method(fn, steps, passes, alpha, single_step, dict(settings or {}), bound)
         return fn
 
     return wrap
 
 
-@register_method("standard")
+@register_method("standard", bound=lambda eps, alpha, noise: 0.0)
 def standard_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
     """No attack: ordinary training on clean images."""
     return sgd_on(ctx, x, y)
@@ -152,7 +137,8 @@ def fgsm_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
     return sgd_on(ctx, ctx.attack(x, y, steps=1, random_start=False), y)
 
 
-@register_method("n-fgsm", passes=lambda m, k: 2, alpha=lambda eps, k: eps, single_step=True)
+@register_method("n-fgsm", passes=lambda m, k: 2, alpha=lambda eps, k: eps, single_step=True,
+                 bound=lambda eps, alpha, noise: noise * eps + alpha)
 def n_fgsm_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
     """N-FGSM (de Jorge et al. 2022): one FGSM step alpha = eps from uniform noise of radius ``noise`` eps
     (2), no projection back to the eps-ball, only to [0,1]."""
@@ -204,6 +190,10 @@ def free_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
     return StepStats(loss_sum, correct, n * ctx.replays)
 
 
+for _name, _facts in ZOO.items():  # the methods from the fast-AT literature (fastadv.core.zoo)
+    register_method(_name, **_facts.registration())(_facts.step)
+
+
 # ----------------------------------------------------------------------------- in one's own loop
 def hyperparam_setter(optimizer: torch.optim.Optimizer, lr_fn=None, momentum_fn=None, lr_scale=lambda: 1.0):
     """``iteration -> None`` writing LR (``lr_fn(iteration)`` times ``lr_scale()``) and momentum (Adam: beta1)
@@ -228,7 +218,9 @@ class AdversarialStep:
     """One adversarial training step of any registered method, for use inside your own training loop.
 
     Arguments:
-        method (str): ``"free"``, ``"fgsm-rs"``, ``"n-fgsm"``, ``"fgsm"``, ``"pgd"`` or ``"standard"``.
+        method (str): a name in ``METHODS``: ``"free"``, ``"fgsm-rs"``, ``"n-fgsm"``, ``"fgsm"``, ``"pgd"``,
+            ``"standard"``, or one of ``fastadv.core.zoo`` (``"grad-align"``, ``"fgsm-pgi"``, ``"nu-at"``,
+            ``"gat"``, ``"trades"``...; docs/METHODS.md).
         model (nn.Module): takes [0,1] images (normalization inside the model), returns logits.
         optimizer (torch.optim.Optimizer): over the model's parameters; the step calls ``step()`` on it
             (Free-m: ``replays`` times per minibatch).
@@ -245,6 +237,9 @@ class AdversarialStep:
         seed (int): seed of the attack's random starts. (Default: 0)
         label_smoothing (float): of the training loss (never of the attack's). (Default: 0)
         method_args (dict, optional): the method's own settings (``METHODS[name].settings``).
+        train_size (int, optional): rows of the training set, for methods with a per-example memory
+            (``fgsm-pgi``, ``fgsm-mep-cs``: pass ``index`` to each call too); without it the memory grows
+            to the largest index seen, which reads the index on the host every step.
 
     Shape:
         - x: :math:`(N, C, H, W)` float in [0, 1], on the model's device.
@@ -266,7 +261,7 @@ class AdversarialStep:
                  alpha: float | None = None, replays: int = 8, attack_steps: int = 7, noise: float = 2.0,
                  lr_schedule: Callable[[int], float] | None = None,
                  momentum_schedule: Callable[[int], float] | None = None, precision: str = "fp32", seed: int = 0,
-                 label_smoothing: float = 0.0, method_args: dict | None = None):
+                 label_smoothing: float = 0.0, method_args: dict | None = None, train_size: int | None = None):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r} (valid: {', '.join(sorted(METHODS))})")
         if eps < 0 or replays < 1 or attack_steps < 1:
@@ -278,7 +273,8 @@ class AdversarialStep:
                                hyperparam_setter(optimizer, lr_schedule, momentum_schedule),
                                torch.Generator(device=device).manual_seed(seed),
                                precision=make_precision(precision, device), noise=noise,
-                               label_smoothing=label_smoothing, args=self.method.resolve(method_args))
+                               label_smoothing=label_smoothing, args=self.method.resolve(method_args),
+                               train_size=train_size)
 
     @property
     def passes(self) -> int:
