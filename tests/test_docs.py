@@ -229,6 +229,15 @@ def test_readme_has_cli_lines():
     assert {"train", "eval", "export", "grid", "report"} <= commands
 
 
+def test_the_cli_check_catches_a_wrong_flag_or_command(capsys):
+    for argv in (["train", "--dataset", "mnist", "--epoks", "3"], ["evaluate", "runs/x"]):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(argv)
+        assert exit_.value.code == 2
+    assert main(["train", "--dataset", "mnist", "--method", "fgsm-r", "--dry-run"]) == 2  # a value, not a flag
+    assert "fgsm-r" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("line,argv", cli_lines(), ids=[line for line, _ in cli_lines()])
 def test_readme_cli_line_parses(line, argv, tmp_path, monkeypatch, capsys):
     """Each line parses (subcommand, flags, values); a train line that names no run or file that only the
