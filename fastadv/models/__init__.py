@@ -7,7 +7,9 @@
 
 Names: fastadv's own nets (``MODELS``), ``torchvision:NAME`` (any ``torchvision.models`` builder,
 e.g. ``torchvision:resnet18``) and ``timm:NAME`` (``pip install timm``). Outside nets are built
-untrained with ``num_classes`` outputs; for images under 64 pixels a ResNet-style stem (7x7 stride-2
+untrained with ``num_classes`` outputs, and take their constructor's keyword arguments after a ``?``:
+``timm:vit_tiny_patch16_224?img_size=32,patch_size=4``, ``torchvision:resnet18?zero_init_residual=true``
+(``key=value`` pairs separated by commas; ints, floats, ``true``/``false``, ``none`` and strings); for images under 64 pixels a ResNet-style stem (7x7 stride-2
 conv and max-pool, made for 224-pixel ImageNet) becomes a 3x3 stride-1 conv without the pool, as
 CIFAR ResNets have it. One's own ``nn.Module`` needs no registry: ``fastadv.train(cfg, model=...)``.
 """
@@ -19,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from fastadv.errors import UserError, first_line
 from fastadv.models.nets import (
     AirbenchHalf,
     AirbenchNet,
@@ -62,8 +65,57 @@ register_model("airbench")(AirbenchNet)  # airbench94's layout (2.0M parameters)
 register_model("airbench-half")(AirbenchHalf)  # the same at half the widths (0.5M): the CPU CIFAR-10 net
 
 
+class ModelError(UserError, ValueError):
+    """A model name or argument that cannot be built (unknown name, bad syntax, rejected argument); one line."""
+
+
+RESERVED = ("num_classes", "in_chans", "weights", "pretrained")  # set by fastadv from the data; untrained
+
+
+def model_value(text: str):
+    """A keyword argument's value: int, float, true/false, none, else the string (quotes optional)."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
+
+
+def split_model_name(name: str) -> tuple[str, dict]:
+    """``"timm:vit_tiny_patch16_224?img_size=32,patch_size=4"`` -> ``("timm:vit_tiny_patch16_224",
+    {"img_size": 32, "patch_size": 4})``; a name without ``?`` has no arguments. One-line ModelError on bad
+    syntax: arguments on a fastadv net, an item that is not key=value, a key twice, a key fastadv sets."""
+    base, mark, rest = name.partition("?")
+    if not mark:
+        return name, {}
+    if not base.startswith(PREFIXES):
+        raise ModelError(f"model {name!r}: keyword arguments after '?' are for torchvision:NAME and timm:NAME "
+                          f"models (fastadv's nets take --depth / --width)")
+    kwargs: dict = {}
+    for item in rest.split(","):
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not eq or not key.isidentifier() or not value:
+            raise ModelError(f"model {name!r}: expected NAME?key=value,key=value, got {item.strip()!r}")
+        if key in kwargs:
+            raise ModelError(f"model {name!r}: {key} given twice")
+        if key in RESERVED:
+            raise ModelError(f"model {name!r}: {key} is set by fastadv (classes and channels from the data, "
+                              f"untrained weights)")
+        kwargs[key] = model_value(value)
+    return base, kwargs
+
+
 def is_known(name: str) -> bool:
-    return name in MODELS or name.startswith(PREFIXES)
+    """A registered name or an outside one (``torchvision:`` / ``timm:``, with well-formed arguments)."""
+    if name in MODELS:
+        return True
+    return split_model_name(name)[0].startswith(PREFIXES)
 
 
 def adapt_stem(net: nn.Module, channels: int, size: int) -> nn.Module:
@@ -80,25 +132,35 @@ def adapt_stem(net: nn.Module, channels: int, size: int) -> nn.Module:
 
 
 def outside_net(name: str, num_classes: int, channels: int, size: int) -> nn.Module:
-    """An untrained net from torchvision or timm, its head sized to ``num_classes``, its stem to the images."""
-    source, _, model_name = name.partition(":")
+    """An untrained net from torchvision or timm, its head sized to ``num_classes``, its stem to the images;
+    ``name`` may carry the constructor's keyword arguments (``timm:NAME?img_size=32``). One-line ModelError
+    (a ValueError) for an unknown name, a missing timm, or arguments the constructor rejects."""
+    base, kwargs = split_model_name(name)
+    source, _, model_name = base.partition(":")
     if source == "torchvision":
         import torchvision
 
-        try:
-            net = torchvision.models.get_model(model_name, weights=None, num_classes=num_classes)
-        except ValueError:
+        if model_name not in torchvision.models.list_models(torchvision.models):
             valid = ", ".join(torchvision.models.list_models(torchvision.models)[:12])
-            raise ValueError(f"unknown torchvision model {model_name!r} (e.g. {valid}, ...)") from None
-        return adapt_stem(net, channels, size)
+            raise ModelError(f"unknown torchvision model {model_name!r} (e.g. {valid}, ...)")
+        build = lambda: torchvision.models.get_model(model_name, weights=None, num_classes=num_classes, **kwargs)
+    else:
+        try:
+            import timm
+        except ImportError:
+            raise ModelError("timm: models need the timm package: pip install 'fastadv[timm]'") from None
+        if not timm.is_model(model_name):
+            raise ModelError(f"unknown timm model {model_name!r} (timm.list_models() names them)")
+        build = lambda: timm.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=channels,
+                                          **kwargs)
     try:
-        import timm
-    except ImportError:
-        raise ValueError("timm: models need the timm package: pip install 'fastadv[timm]'") from None
-    if not timm.is_model(model_name):
-        raise ValueError(f"unknown timm model {model_name!r} (timm.list_models() names them)")
-    return adapt_stem(timm.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=channels),
-                      channels, size)
+        net = build()
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        if not kwargs:
+            raise
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise ModelError(f"model {name!r}: {base} does not take {given}: {first_line(exc)}") from None
+    return adapt_stem(net, channels, size)
 
 
 def build_model(name: str, *, num_classes: int = 10, channels: int = 3, size: int = 32,
@@ -140,5 +202,5 @@ def wrap_model(net: nn.Module, channels: int, mean: Sequence[float] | None = Non
     return nn.Sequential(Normalize(mean, std), net)
 
 
-__all__ = ["MODELS", "Normalize", "build_model", "register_model", "wrap_model", "is_known", "adapt_stem",
+__all__ = ["MODELS", "ModelError", "Normalize", "split_model_name", "build_model", "register_model", "wrap_model", "is_known", "adapt_stem",
            "SmallCNN", "PreActResNet18", "WideResNet", "FastCNN", "AirbenchNet", "AirbenchHalf"]

@@ -12,7 +12,11 @@ Two formats:
 
 Each export is checked by loading it back (``weights_only=True`` for ``.pt``) into a fresh
 model and comparing every tensor, and comes with ``<out>.json``: the architecture and
-the exact lines that load it.
+the exact lines that load it. A ``robustbench`` export also writes ``<out stem>.model_info.json``
+(``model_info``): RobustBench's model-info fields (dataset, threat model, eps as "8/255", architecture,
+clean and AutoAttack accuracy as percent strings), and what fastadv knows besides: the line that
+rebuilds the net, every accuracy the run directory holds with its attack and number of points, the
+training data (a partial split said as such) and the versions.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from typing import Callable
 import torch
 
 from fastadv.errors import CheckpointError, first_line
-from fastadv.io import atomic_write, write_json
+from fastadv.io import atomic_write, read_json_object, write_json
 from fastadv.models.store import BUILD_KEYS, load_model, read_arch
 
 
@@ -128,6 +132,8 @@ def export_checkpoint(source: str | Path, out: str | Path, fmt: str | None = Non
         raise ExportError(f"{source} trained its own module ({arch.get('module', '?')}): export it from Python with "
                           f"fastadv.export_checkpoint(run_dir, out, model=MyNet())")
     loaded = load_model(source, model=copy.deepcopy(model) if model is not None else None)
+    load = loading_snippet(arch, out.name, fmt)
+    info = model_info(arch, Path(weights), out.name, load) if fmt == "robustbench" else None  # reads first
     state = {k: v.detach().cpu().contiguous() for k, v in loaded.state_dict().items()}
     _, save, load_back = FORMATS[fmt]
     save(state, arch, out)
@@ -135,9 +141,97 @@ def export_checkpoint(source: str | Path, out: str | Path, fmt: str | None = Non
     record = {"format": fmt, "file": out.name, "source": str(weights), "arch": arch,
               "build_model": {"name": arch["model"], **build_kwargs(arch)},
               "inputs": "N x C x H x W float images in [0,1]; normalization is inside the model",
-              "load": loading_snippet(arch, out.name, fmt)}
+              "load": load}
+    if info is not None:
+        info_path = out.with_name(out.stem + ".model_info.json")
+        write_json(info_path, info)
+        record["model_info"] = info_path.name
     write_json(out.with_name(out.name + ".json"), record)
     return record
+
+
+# files of a run directory that the model info reads (written by the trainer and by `fastadv eval`)
+SUMMARY, EVAL, CONFIG = "summary.json", "eval.json", "config.json"
+
+
+def eps_text(eps: float) -> str:
+    """eps as RobustBench writes it: "8/255" for a multiple of 1/255, else the number ("0.3")."""
+    k = round(eps * 255)
+    return f"{k}/255" if k and abs(eps * 255 - k) < 1e-6 else f"{eps:g}"
+
+
+def percent(acc: float | None) -> str | None:
+    return None if acc is None else f"{100 * acc:.2f}"
+
+
+def rebuild_line(arch: dict) -> str:
+    """The one Python line that rebuilds the (untrained) net the weights load into."""
+    args = ", ".join([repr(arch["model"])] + [f"{k}={v!r}" for k, v in build_kwargs(arch).items()])
+    return f"from fastadv.models import build_model; model = build_model({args})"
+
+
+def _read(path: Path) -> dict:
+    """A run's JSON record, {} when absent; a corrupt one is a one-line CheckpointError, not a silent gap."""
+    return read_json_object(path) if path.is_file() else {}
+
+
+def model_info(arch: dict, weights: Path, filename: str, load: str) -> dict:
+    """RobustBench-style model info for an exported model, from the run directory that holds ``weights``.
+
+    Accuracies are fractions in [0,1] under ``evaluations`` (each with its attack, points and source file)
+    and RobustBench's percent strings in ``clean_acc`` / ``autoattack_acc``; ``autoattack_acc`` is set only
+    when ``eval.json`` holds standard AutoAttack at the run's eps (``fastadv eval RUN --autoattack``)."""
+    import torch
+
+    from fastadv._version import __version__
+
+    run = weights.parent
+    summary, evaluated, config = _read(run / SUMMARY), _read(run / EVAL), _read(run / CONFIG)
+    eps = summary.get("eps", config.get("eps"))
+    evaluations = []
+    if "clean_acc" in summary:
+        evaluations.append({"name": "clean", "acc": summary["clean_acc"], "points": summary.get("eval_points"),
+                            "source": SUMMARY})
+    headline = summary.get("headline") or {}
+    if headline.get("robust_acc") is not None:
+        evaluations.append({"name": headline.get("name", "headline"), "acc": headline["robust_acc"],
+                            "attack": headline.get("attack"), "points": headline.get("points"), "source": SUMMARY})
+    if summary.get("robust_acc") is not None and summary.get("attack") != headline.get("attack"):
+        evaluations.append({"name": "final PGD", "acc": summary["robust_acc"], "attack": summary.get("attack"),
+                            "points": summary.get("eval_points"), "source": SUMMARY})
+    autoattack = None
+    for attack in evaluated.get("attacks", []):
+        entry = {"name": attack.get("name"), "acc": attack.get("robust_acc"), "attack": attack.get("description"),
+                 "points": evaluated.get("points"), "eps": attack.get("eps"), "source": EVAL}
+        evaluations.append(entry)
+        if (attack.get("name") == "autoattack" and attack.get("version") == "standard" and eps is not None
+                and attack.get("eps") is not None and abs(attack["eps"] - eps) < 1e-9):
+            autoattack = entry
+    train_size = summary.get("train_size", config.get("train_size"))
+    note = summary.get("data_note", config.get("data_note")) or "the complete training split"
+    return {
+        "name": summary.get("name", run.name),
+        "dataset": arch.get("dataset"),
+        "threat_model": "Linf",
+        "eps": eps_text(eps) if eps is not None else None,
+        "architecture": arch["model"],
+        "clean_acc": percent(summary.get("clean_acc")),
+        "autoattack_acc": percent(autoattack["acc"]) if autoattack else None,
+        "autoattack_points": autoattack["points"] if autoattack else None,
+        "additional_data": False,
+        "number_forward_passes": 1,
+        "weights": filename,
+        "rebuild": rebuild_line(arch) if arch["model"] != "custom" else None,
+        "load": load,
+        "inputs": "N x C x H x W float images in [0,1]; normalization is inside the model",
+        "eps_value": eps,
+        "method": summary.get("method", config.get("method")),
+        "evaluations": evaluations,
+        "trusted": summary.get("trusted"),
+        "training_data": {"dataset": arch.get("dataset"), "train_images": train_size, "note": note},
+        "versions": {"fastadv": __version__, "torch": torch.__version__,
+                     "trained_with_torch": (config.get("versions") or {}).get("torch")},
+    }
 
 
 def verify(loaded: dict, arch: dict, state: dict, out: Path, fresh=None) -> None:

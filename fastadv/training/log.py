@@ -40,8 +40,9 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir), purge_step=step if rows is not None else None)
-        except (ImportError, ModuleNotFoundError):
-            pass
+        except ImportError:  # a base install has it; an install without dependencies may not
+            print("TensorBoard events are off: the tensorboard package is not installed (pip install tensorboard "
+                  "turns them on); metrics.csv has every figure", file=sys.stderr)
         from tqdm.auto import tqdm
 
         # A progress bar only on a terminal; in a log file (stderr not a tty) one line per held-out check instead.
