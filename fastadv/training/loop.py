@@ -154,6 +154,7 @@ def train_minibatch(s: Setup) -> None:
     ramp = eps_ramp(s.loop.mb_done / s.minibatches, s.cfg.eps_warmup)
     s.ctx.eps, s.ctx.alpha = s.eps * ramp, s.alpha * s.loop.alpha_scale * ramp
     s.ctx.index = s.stream.last_index  # the rows' training-set indices, for per-example memories
+    s.ctx.progress = s.loop.mb_done / s.minibatches  # for methods whose weights ramp up
     stats = s.method.step(s.ctx, perf.prepare_batch(x, s.channels_last), y)
     s.loop.add(stats, s.passes_per_minibatch)
     if s.averager is not None:

@@ -145,7 +145,7 @@ def build(cfg: TrainConfig, data: Dataset | None = None, model: nn.Module | None
                       hyperparam_setter(optimizer, lr_fn, mom_fn, lambda: loop.lr_scale),
                       torch.Generator(device=device).manual_seed(distributed.rank_seed(cfg.seed + 1)),  # random starts
                       precision=make_precision(cfg.precision, device), noise=cfg.noise,
-                      label_smoothing=cfg.label_smoothing, args=method_settings(cfg))
+                      label_smoothing=cfg.label_smoothing, args=method_settings(cfg), train_size=len(data.y_train))
     augment = data.augment if cfg.augment is None else cfg.augment
     stream = BatchStream(data.x_train, data.y_train, cfg.batch_size, augment=augment, shard=distributed.rows,
                          generator=torch.Generator().manual_seed(cfg.seed))  # data order and augmentation
