@@ -12,6 +12,7 @@ from fastadv.cli import main
 from fastadv.config import ConfigError, TrainConfig
 from fastadv.data import batches
 from fastadv.models import build_model
+from fastadv.naming import lr_code, thesis_name
 from fastadv.stats import smooth
 from fastadv.training import finder
 
@@ -149,10 +150,11 @@ def test_find_wd_picks_the_decay_allowing_the_highest_lr(tmp_path, capsys):
 def test_train_lr_max_auto_records_the_finder_and_changes_nothing_else(tmp_path):
     run = {**QUICK, "epochs": 1, "eval_size": 64, "eval_attack_steps": 2, "final_attack_steps": 3,
            "final_limit": 128, "out_dir": str(tmp_path)}
-    auto = fastadv.train({**run, "lr_max": "auto", "name": "auto"})
+    auto = fastadv.train({**run, "lr_max": "auto"})  # no name: the run names itself after the LR found
     config = json.loads((auto.run_dir / "config.json").read_text())
     record = config["lr_finder"]
     assert record["requested"] == "auto" and config["lr_max"] == record["lr_max"] == record["suggestion"]
+    assert auto.run_dir.name == thesis_name(auto.config) and auto.run_dir.name.endswith("_" + lr_code(record["lr_max"]))
     assert record["suggestion"] == pytest.approx(record["min_lr"] / 10) and record["steepest_lr"] > 0
     # the finder leaves the RNG alone: the same run given that lr_max draws the same numbers
     fixed = fastadv.train({**run, "lr_max": record["lr_max"], "name": "fixed"})
