@@ -100,9 +100,7 @@ def main(argv=None) -> int:
         print(f"\n== {name}: {BENCHMARKS[name].DESCRIPTION}", flush=True)
         t = time.perf_counter()
         try:
-            out = BENCHMARKS[name].run(device, quick=args.quick, seeds=args.seeds,
-                                       stop_at_target=args.stop_at_target, budget=args.budget, extend=extend,
-                                       log=lambda s: print(s, flush=True))
+            out = BENCHMARKS[name].run(device, **run_options(BENCHMARKS[name], args, extend))
         except UserError as exc:  # e.g. MNIST not found for time-to-robust
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -114,6 +112,17 @@ def main(argv=None) -> int:
     write(args.out, results)
     print(f"\nresults written to {args.out}")
     return 0
+
+
+def run_options(module, args: argparse.Namespace, extend) -> dict:
+    """The command-line options a benchmark's ``run`` takes (its signature names them), and only those:
+    each flag's help says which benchmarks it is for, and ``run`` refuses a keyword it does not know."""
+    import inspect
+
+    options = {"quick": args.quick, "seeds": args.seeds, "stop_at_target": args.stop_at_target,
+               "budget": args.budget, "extend": extend, "log": lambda s: print(s, flush=True)}
+    takes = inspect.signature(module.run).parameters
+    return {key: value for key, value in options.items() if key in takes}
 
 
 def write(path: Path, results: dict) -> None:

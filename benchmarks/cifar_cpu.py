@@ -133,7 +133,7 @@ def load_earlier(path) -> dict:
 def run(device, quick: bool = False, seeds: int | None = None, budget: float | None = None, log=print,
         target: float = TARGET, final_points: int | None = None, aa_points: int | None = None,
         train_limit: int = 0, only: list[str] | None = None, eval_points: int = 500, overrides: dict | None = None,
-        calibration_minibatches: int = 12, extend: dict | None = None, data=None, **_) -> dict:
+        calibration_minibatches: int = 12, extend: dict | None = None, data=None) -> dict:
     """Calibrate, then train every recipe for ``budget`` seconds per seed, alternating; see the module docstring.
 
     ``overrides`` replaces fields in every recipe alike (the tests' smaller net and batch). ``extend``, an

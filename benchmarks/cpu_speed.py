@@ -108,7 +108,7 @@ def measure_compile(device, seconds: float) -> dict:
     return out
 
 
-def run(device: torch.device, quick: bool = False, log=print, nets=None, compile_too: bool = True, **_) -> dict:
+def run(device: torch.device, quick: bool = False, log=print, nets=None, compile_too: bool = True) -> dict:
     rounds, seconds = (2, 1.0) if quick else (5, 2.0)
     rows = []
     for net in NETS if nets is None else nets:

@@ -77,7 +77,7 @@ def measure(device, x_all, y_all, *, channels_last: bool, rounds: int) -> dict:
             "ratio_to_floor": seconds / floor, "unit_ms": 1e3 * median(units), "memory": mem.to_dict()}
 
 
-def run(device: torch.device, quick: bool = False, log=print, **_) -> dict:
+def run(device: torch.device, quick: bool = False, log=print) -> dict:
     x_all, y_all, source = test_set(device)
     rounds = 2 if quick else 3
     rows = []

@@ -166,7 +166,7 @@ def device_name(device) -> str:
 
 
 def run(device, quick: bool = False, tiny: bool = False, out: Path | None = None, budget: float = BUDGET,
-        data_dir: str | None = None, log=print, **_) -> dict:
+        data_dir: str | None = None, log=print) -> dict:
     """Run the suite; returns the results dict (also written to ``out/results.json`` with the figures)."""
     import fastadv
     from benchmarks import step_cost

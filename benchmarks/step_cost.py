@@ -135,7 +135,7 @@ def variants(device: torch.device, quick: bool) -> list[tuple[bool, str]]:
     return out
 
 
-def run(device: torch.device, quick: bool = False, log=print, setups=None, **_) -> dict:
+def run(device: torch.device, quick: bool = False, log=print, setups=None) -> dict:
     """Every setup (or those in ``setups``) in every layout and precision variant; returns rows and a table."""
     setups = SETUPS if setups is None else setups
     rows = []

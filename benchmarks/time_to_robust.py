@@ -198,7 +198,7 @@ def run_fastadv(data, seed: int, device, recipe: dict, *, check_images: int, out
 
 # ----------------------------------------------------------------------------- benchmark
 def run(device: torch.device, quick: bool = False, seeds: int | None = None, recipe: dict | None = None,
-        check_images: int = CHECK_IMAGES, stop_at_target: bool | None = None, log=print, **_) -> dict:
+        check_images: int = CHECK_IMAGES, stop_at_target: bool | None = None, log=print) -> dict:
     """Alternate Wong and fastadv runs over seeds; ``stop_at_target`` (default: in quick mode) ends
     Wong's training at its first check >= 88%, which leaves its time to 88% unchanged."""
     recipe = {**FAST_RECIPE, **(recipe or {})}

@@ -9,7 +9,9 @@
   momentum follows the 1cycle mirror (``2cyc`` for the cyclical momentum mirror).
 - **E** the budget: optimizer steps in thousands, Free-m replays included (the thesis'
   "epochs (x1000)"), when the config sets ``iterations``; otherwise ``<epochs>ep``.
-- **M** the peak LR, with two decimals like the thesis (``0.10``) when that is exact.
+- **M** the peak LR, with two decimals like the thesis (``0.10``) when that is exact; ``auto`` when
+  ``lr_max = "auto"`` (None): the LR range test picks it when the run starts, so a name made before
+  (``--dry-run``, a grid's run directories) cannot know it.
 """
 from __future__ import annotations
 
@@ -50,8 +52,14 @@ def budget_code(iterations: int, epochs: float) -> str:
     return f"{iterations / 1000:g}" if iterations > 0 else f"{epochs:g}ep"
 
 
-def lr_code(lr_max: float) -> str:
-    """M: '0.10' style (two decimals, as the thesis writes it) when exact, else the shortest form."""
+AUTO_LR = "auto"  # M of a config whose lr_max the LR range test will choose
+
+
+def lr_code(lr_max: float | None) -> str:
+    """M: '0.10' style (two decimals, as the thesis writes it) when exact, else the shortest form;
+    'auto' for lr_max None (``lr_max = "auto"``)."""
+    if lr_max is None:
+        return AUTO_LR
     cents = lr_max * 100
     return f"{lr_max:.2f}" if abs(cents - round(cents)) < 1e-9 and lr_max >= 0.01 else f"{lr_max:g}"
 

@@ -1,6 +1,8 @@
 """Attack contract: inside the eps-ball and [0,1], loss goes up, no side effects; agrees with torchattacks."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,6 +85,35 @@ def test_registry_names():
     assert set(ATTACKS) == {"fgsm", "pgd", "apgd-ce", "apgd-t", "square", "autoattack"}
 
 
+def test_a_misspelt_keyword_raises(trained):
+    """No attack swallows unknown keywords: `restart=10` (for restarts) is a TypeError, not one restart."""
+    model, x, y = trained
+    with pytest.raises(TypeError, match="restart"):
+        fastadv.pgd(model, x, y, eps=EPS, alpha=EPS / 4, steps=20, restart=10)
+    with pytest.raises(TypeError, match="step"):
+        fgsm(model, x, y, eps=EPS, step=EPS)
+    for name, attack in ATTACKS.items():
+        params = inspect.signature(attack.fn).parameters.values()
+        assert not any(p.kind is p.VAR_KEYWORD for p in params), f"{name} takes **kwargs"
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_dispatch_passes_each_attack_only_what_it_takes(name):
+    """``Attack.arguments`` names only parameters of the attack's function, so calling it by name
+    cannot raise TypeError; each spec field it passes is the spec's (alpha resolved)."""
+    from fastadv.evaluation import AttackSpec
+
+    info = ATTACKS[name]
+    spec = AttackSpec(name, eps=EPS, steps=3, restarts=2, loss="cw", random_start=False, targets=4)
+    args = info.arguments(spec, generator=None, log=print)
+    assert set(args) <= set(inspect.signature(info.fn).parameters)
+    assert args["eps"] == EPS and "generator" in args
+    expected = {"alpha": spec.resolved_alpha(), "steps": 3, "restarts": 2, "loss": "cw", "random_start": False,
+                "targets": 4, "log": print}
+    assert all(args[k] == v for k, v in expected.items() if k in args)
+    assert ("log" in args) == (name == "autoattack") and ("targets" in args) == info.targeted
+
+
 def test_attack_loop_makes_no_host_syncs(trained, monkeypatch):
     """PGD with restarts and FGSM never pull a value to the host (.item(), .tolist(), bool(), .cpu(), .numpy())."""
     model, x, y = trained
@@ -121,8 +152,8 @@ def test_pgd20_agrees_with_torchattacks(robust_mnist_run, mnist):
     model = fastadv.load_model(robust_mnist_run.run_dir)
     x, y = mnist.x_test[:1000].float() / 255, mnist.y_test[:1000]
     eps, alpha = 0.3, 0.3 / 4
-    ours = fastadv.evaluate(model, (x, y), eps=eps, alpha=alpha, steps=20, restarts=1,
-                            attack=fastadv.AttackSpec("pgd", eps=eps, alpha=alpha, steps=20, random_start=False))
+    ours = fastadv.evaluate(model, (x, y), attack=fastadv.AttackSpec("pgd", eps=eps, alpha=alpha, steps=20,
+                                                                     random_start=False))
     atk = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=20, random_start=False)
     theirs = torch.cat([(model(atk(x[i:i + 250], y[i:i + 250])).argmax(1) == y[i:i + 250])
                         for i in range(0, 1000, 250)]).float().mean().item()

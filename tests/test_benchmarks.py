@@ -69,3 +69,23 @@ def test_cpu_speed_measures_every_variant_and_names_what_auto_picks():
     assert all(v > 0 for v in row["img_per_s"].values())
     assert row["fastest"] in row["img_per_s"] and row["auto"] in row["img_per_s"]
     assert 0 < row["auto_vs_fastest"] <= 1 and "auto/fastest" in out["table"]
+
+
+def test_benchmark_runs_take_no_catch_all_and_get_only_their_options():
+    """`python -m benchmarks` passes each run only the options its signature names; a misspelt keyword
+    in a direct call is a TypeError (no `**_` swallows it)."""
+    import inspect
+
+    from benchmarks import gpu_suite, registry
+    from benchmarks.__main__ import parse_args, run_options
+
+    args = parse_args(["--quick", "--seeds", "2", "--budget", "5"])
+    for name, module in {**registry(), "gpu-suite": gpu_suite}.items():
+        params = inspect.signature(module.run).parameters
+        assert not any(p.kind is p.VAR_KEYWORD for p in params.values()), f"{name}.run takes **kwargs"
+        options = run_options(module, args, None)
+        assert set(options) <= set(params) and options["quick"] is True and "log" in options
+        inspect.signature(module.run).bind(torch.device("cpu"), **options)  # the call __main__ makes binds
+    assert run_options(registry()["time-to-robust"], args, None)["seeds"] == 2
+    with pytest.raises(TypeError, match="quik"):
+        registry()["eval-throughput"].run(torch.device("cpu"), quik=True)

@@ -10,7 +10,7 @@ import torch
 
 import fastadv
 from fastadv.cli import main
-from fastadv.evaluation import PRESETS, AttackSpec, EvalReport, evaluate, evaluate_suite
+from fastadv.evaluation import ATTACK_PRESETS, AttackSpec, EvalReport, evaluate, evaluate_suite
 from fastadv.evaluation.sanity import CheckResult
 
 
@@ -69,6 +69,39 @@ def test_evaluate_keeps_its_contract(small):
     assert again.robust_acc == result.robust_acc  # same seed, same number
 
 
+def test_evaluate_refuses_contradictory_attack_arguments(small):
+    """An AttackSpec says everything; eps= (or steps=, ...) beside it is a one-line ConfigError, not ignored."""
+    from fastadv.config import ConfigError
+
+    model, data = small
+    for extra in ({"eps": 0.1}, {"steps": 50}, {"alpha": 0.01, "loss": "cw"}):
+        with pytest.raises(ConfigError) as info:
+            evaluate(model, data, attack=AttackSpec("pgd", eps=0.05, steps=2), **extra)
+        message = str(info.value)
+        assert "\n" not in message and all(key in message for key in extra)
+    with pytest.raises(ConfigError, match="eps"):  # an (x, y) pair has no dataset to take eps from
+        evaluate(model, data, steps=2)
+    with pytest.raises(ConfigError, match="unknown attack"):
+        evaluate(model, data, attack="pgd20", eps=0.05)
+    with pytest.raises(TypeError):
+        evaluate(model, data, eps=0.05, step=2)
+
+
+def test_default_eps_is_the_datasets(synthetic, briefly_trained):
+    """Without eps an attack named by a string takes the dataset's standard radius (as training does),
+    CIFAR's 8/255 included, not 0.3 for all."""
+    from fastadv.config import DEFAULT_EPS
+    from fastadv.evaluation.spec import spec_from
+
+    assert spec_from("pgd", dataset="cifar10").eps == pytest.approx(8 / 255)
+    assert spec_from("pgd", dataset="cifar100").eps == pytest.approx(8 / 255)
+    assert spec_from("pgd", dataset="mnist").eps == 0.3 == DEFAULT_EPS["mnist"]
+    assert spec_from("fgsm", dataset="fashion-mnist").eps == DEFAULT_EPS["fashion-mnist"] == 0.1
+    assert spec_from("pgd", eps=0.2, dataset="cifar10").eps == 0.2
+    result = evaluate(briefly_trained(256), synthetic, steps=1, limit=32)
+    assert "eps=0.1," in result.attack  # synthetic's standard radius
+
+
 def test_attack_spec_descriptions_and_presets():
     assert AttackSpec("pgd", eps=0.3).describe() == "PGD-20 (1 restart, eps=0.3, alpha=0.075, ce loss)"
     assert AttackSpec("pgd", eps=0.3, steps=50, restarts=10).describe().startswith("PGD-50 (10 restarts")
@@ -76,7 +109,7 @@ def test_attack_spec_descriptions_and_presets():
     spec = AttackSpec("pgd", eps=0.2, alpha=0.1)
     assert spec.at_eps(0.4).resolved_alpha() == pytest.approx(0.2)  # explicit alpha keeps its ratio
     assert AttackSpec("pgd", eps=0.2).at_eps(0.4).resolved_alpha() == pytest.approx(0.1)
-    assert PRESETS["pgd20"] == {"steps": 20, "restarts": 1} and PRESETS["pgd50-10"] == {"steps": 50, "restarts": 10}
+    assert ATTACK_PRESETS["pgd20"] == {"steps": 20, "restarts": 1} and ATTACK_PRESETS["pgd50-10"] == {"steps": 50, "restarts": 10}
 
 
 def test_render_says_when_a_number_is_not_trusted(small):

@@ -92,6 +92,25 @@ def test_strip_seed():
     assert strip_seed("10_FAT_80_0.10") == "10_FAT_80_0.10"
 
 
+def test_lr_max_auto_dry_run_names_the_lr_auto(capsys, tmp_path):
+    """`--lr-max auto --dry-run`: exit 0 and a name whose LR part says the range test will pick it."""
+    code = main(["train", "--dataset", "cifar10", "--lr-max", "auto", "--dry-run", "--out-dir", str(tmp_path)])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert code == 0 and "Traceback" not in captured.err
+    assert out["config"]["lr_max"] is None and out["name"].startswith("10_") and out["name"].endswith("_auto")
+    assert not list(tmp_path.iterdir())
+
+
+def test_grid_names_a_config_with_lr_max_auto(tmp_path, capsys):
+    (tmp_path / "auto.toml").write_text('dataset = "synthetic"\nlr_schedule = "one-cycle"\niterations = 16\n'
+                                        'lr_max = "auto"\n')
+    runs = plan_grid([tmp_path / "auto.toml"], seeds=2, out_dir=tmp_path / "runs")
+    assert [r.name for r in runs] == ["synth_1cyc_0.016_auto_s0", "synth_1cyc_0.016_auto_s1"]
+    assert main(["grid", str(tmp_path / "auto.toml"), "--out", str(tmp_path / "runs"), "--dry-run"]) == 0
+    assert "synth_1cyc_0.016_auto_s0" in capsys.readouterr().out
+
+
 def test_iterations_field(synthetic, tmp_path):
     """`iterations` counts optimizer steps with Free-m replays and overrides epochs; it must be >= 0."""
     import fastadv

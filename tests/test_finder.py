@@ -12,6 +12,7 @@ from fastadv.cli import main
 from fastadv.config import ConfigError, TrainConfig
 from fastadv.data import batches
 from fastadv.models import build_model
+from fastadv.naming import lr_code, thesis_name
 from fastadv.stats import smooth
 from fastadv.training import finder
 
@@ -123,6 +124,47 @@ def test_find_lr_cli_json_and_plot(tmp_path, capsys):
     assert "suggested lr_max" in capsys.readouterr().out
 
 
+def spy_on_n_fgsm(monkeypatch) -> list:
+    """The noise radius of every N-FGSM call the training step makes, in order."""
+    import fastadv.core.methods as methods
+
+    seen, real = [], methods.n_fgsm
+
+    def recording(*args, noise, **kwargs):
+        seen.append(noise)
+        return real(*args, noise=noise, **kwargs)
+
+    monkeypatch.setattr(methods, "n_fgsm", recording)
+    return seen
+
+
+def test_find_lr_uses_the_configs_n_fgsm_noise(monkeypatch, capsys):
+    """`find-lr --method n-fgsm --noise 1` trains on noise 1, not N-FGSM's default 2 (and says so)."""
+    seen = spy_on_n_fgsm(monkeypatch)
+    assert main(["find-lr", "--dataset", "synthetic", "--method", "n-fgsm", "--noise", "1", "--eps", "0.1",
+                 "--batch-size", "64", "--num-steps", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert seen and set(seen) == {1.0} and out["settings"]["noise"] == 1.0
+    seen.clear()  # lr_max = "auto" runs the same test from the config
+    finder.auto_lr_max(TrainConfig.from_dict({**QUICK, "method": "n-fgsm", "noise": 0.5, "lr_max": "auto"}),
+                       num_steps=2)
+    assert seen and set(seen) == {0.5}
+
+
+def test_range_test_takes_every_method_setting(monkeypatch):
+    """The Python API passes noise, label smoothing and the method's own settings to the step; a wrong
+    setting is a one-line ConfigError."""
+    seen = spy_on_n_fgsm(monkeypatch)
+    _, model, opt, mbs = make_setup()
+    plain = finder.lr_range_test(model, opt, mbs, method="n-fgsm", eps=0.1, noise=1.5, num_steps=2)
+    assert set(seen) == {1.5} and plain.settings["noise"] == 1.5
+    smoothed = finder.lr_range_test(model, opt, mbs, method="standard", label_smoothing=0.5, num_steps=2)
+    clean = finder.lr_range_test(model, opt, mbs, method="standard", num_steps=2)
+    assert smoothed.losses[0] != clean.losses[0] and smoothed.settings["label_smoothing"] == 0.5
+    with pytest.raises(ConfigError, match="unknown method setting"):
+        finder.lr_range_test(model, opt, mbs, method="standard", method_args={"nosie": 1.0}, num_steps=2)
+
+
 def test_find_lr_cli_errors_are_one_line(capsys):
     for argv in (["find-lr", "--method", "trades"], ["find-lr", "--num-steps", "1"],
                  ["find-lr", "--end-lr", "x"], ["find-wd", "--weight-decays", "-1", "--dataset", "synthetic"]):
@@ -149,10 +191,11 @@ def test_find_wd_picks_the_decay_allowing_the_highest_lr(tmp_path, capsys):
 def test_train_lr_max_auto_records_the_finder_and_changes_nothing_else(tmp_path):
     run = {**QUICK, "epochs": 1, "eval_size": 64, "eval_attack_steps": 2, "final_attack_steps": 3,
            "final_limit": 128, "out_dir": str(tmp_path)}
-    auto = fastadv.train({**run, "lr_max": "auto", "name": "auto"})
+    auto = fastadv.train({**run, "lr_max": "auto"})  # no name: the run names itself after the LR found
     config = json.loads((auto.run_dir / "config.json").read_text())
     record = config["lr_finder"]
     assert record["requested"] == "auto" and config["lr_max"] == record["lr_max"] == record["suggestion"]
+    assert auto.run_dir.name == thesis_name(auto.config) and auto.run_dir.name.endswith("_" + lr_code(record["lr_max"]))
     assert record["suggestion"] == pytest.approx(record["min_lr"] / 10) and record["steepest_lr"] > 0
     # the finder leaves the RNG alone: the same run given that lr_max draws the same numbers
     fixed = fastadv.train({**run, "lr_max": record["lr_max"], "name": "fixed"})

@@ -75,7 +75,7 @@ def input_gradient(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor,
 
 def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float,
         steps: int, restarts: int = 1, random_start: bool = True, loss: str = "ce",
-        generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
+        generator: torch.Generator | None = None) -> torch.Tensor:
     """Projected gradient descent (L-inf; Madry et al. 2018) from ``x``: the adversarial images.
 
     Every example takes all ``steps`` signed-gradient steps of size ``alpha`` (no early stop). With
@@ -129,7 +129,7 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
 
 def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
          alpha: float | None = None, random_start: bool = False, loss: str = "ce",
-         generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
+         generator: torch.Generator | None = None) -> torch.Tensor:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size ``alpha`` from x (or a random start).
 
     Arguments:
@@ -149,7 +149,7 @@ def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
 
 
 def n_fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float | None = None,
-           noise: float = 2.0, generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
+           noise: float = 2.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """N-FGSM's training input (de Jorge et al. 2022): x + eta + alpha * sign(grad), clipped to [0,1] only.
 
     eta ~ U[-noise * eps, noise * eps] per pixel (the paper: noise 2, alpha = eps); the gradient
@@ -216,7 +216,7 @@ def outside_seed(generator: torch.Generator | None) -> int:
 
 def autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                generator: torch.Generator | None = None, version: str = "standard",
-               log: Callable[[str], None] | None = None, **_: object) -> torch.Tensor:
+               log: Callable[[str], None] | None = None) -> torch.Tensor:
     """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; L-inf) from ``pyautoattack``: x_adv.
 
     Points that the model already misclassifies are returned unchanged (AutoAttack's rule);
@@ -240,7 +240,7 @@ def keep_global_rng(device: torch.device) -> Iterator[None]:
 
 
 def apgd_ce(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 100,
-            restarts: int = 1, generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
+            restarts: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
     """APGD with the cross-entropy loss (Croce & Hein 2020), ``pyautoattack``'s implementation: x_adv.
 
     ``steps`` iterations (AutoAttack standard: 100) and ``restarts`` (standard: 1). Points the
@@ -254,7 +254,7 @@ def apgd_ce(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
 
 
 def apgd_t(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 100,
-           restarts: int = 1, targets: int = 9, generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
+           restarts: int = 1, targets: int = 9, generator: torch.Generator | None = None) -> torch.Tensor:
     """Targeted APGD on the DLR loss against the ``targets`` most likely wrong classes (``pyautoattack``): x_adv.
 
     AutoAttack standard uses 9 targets (every other CIFAR-10 class) and 100 iterations; the run
@@ -271,7 +271,7 @@ def apgd_t(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: flo
 
 
 def square(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 5000,
-           generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
+           generator: torch.Generator | None = None) -> torch.Tensor:
     """Square Attack (Andriushchenko et al. 2020), black-box: random square updates, ``steps`` queries (``pyautoattack``).
 
     It uses no gradients, so a model whose gradients are masked (quantized inputs, saturated outputs)
@@ -301,52 +301,65 @@ class Attack:
 
     ``describe(spec)`` is the line reports quote and ``short(spec)`` a table label (``spec``: an
     ``fastadv.evaluation.AttackSpec``); ``default_alpha(eps)`` the step when none is given (None:
-    the attack sets its own); ``random_start``: whether ``spec.random_start`` applies; ``outside``:
-    run as its authors wrote it (``pyautoattack``), so the sanity checks do not probe it and it
-    gets the progress log; ``pgd_like``: steps and restarts of a signed-gradient L-inf attack
-    (the ``steps-monotone`` and ``pgd-vs-fgsm`` checks apply); ``targeted``: ``spec.targets`` applies;
-    ``record``: fixed facts added to the spec's record (``AttackSpec.to_dict``); ``curve``: the eps
-    curve's label of the attack without its eps.
+    the attack sets its own); ``outside``: run as its authors wrote it (``pyautoattack``), so the
+    sanity checks do not probe it; ``pgd_like``: steps and restarts of a signed-gradient L-inf attack
+    (the ``steps-monotone`` and ``pgd-vs-fgsm`` checks apply); ``record``: fixed facts added to the spec's record (``AttackSpec.to_dict``); ``curve``: the eps
+    curve's label of the attack without its eps. ``takes``: the spec's fields the attack is called
+    with, besides ``eps`` and ``generator`` which every attack takes (``arguments``: the keywords
+    of one call); ``log`` among them sends it the evaluation's progress log.
     """
 
     fn: Callable[..., torch.Tensor]
     describe: Callable[[object], str]
     short: Callable[[object], str]
+    takes: tuple[str, ...] = ()
     default_alpha: Callable[[float], float | None] = lambda eps: None
-    random_start: bool = False
     outside: bool = False
     pgd_like: bool = False
-    targeted: bool = False
     record: dict = field(default_factory=dict)
     curve: Callable[[object], str] | None = None
+
+    @property
+    def targeted(self) -> bool:
+        """Whether ``spec.targets`` applies."""
+        return "targets" in self.takes
+
+    def arguments(self, spec, generator: torch.Generator | None = None,
+                  log: Callable[[str], None] | None = None) -> dict:
+        """The keywords of a call of ``fn`` for ``spec``: eps, generator and the fields in ``takes``
+        (alpha resolved to the attack's default step), nothing else."""
+        values = {"alpha": spec.resolved_alpha(), "steps": spec.steps, "restarts": spec.restarts,
+                  "random_start": spec.random_start, "loss": spec.loss, "targets": spec.targets, "log": log}
+        return {"eps": spec.eps, "generator": generator, **{name: values[name] for name in self.takes}}
 
 
 ATTACKS: dict[str, Attack] = {
     "pgd": Attack(
-        pgd, pgd_like=True, random_start=True, default_alpha=lambda eps: eps / 4,
+        pgd, pgd_like=True, default_alpha=lambda eps: eps / 4,
+        takes=("alpha", "steps", "restarts", "random_start", "loss"),
         describe=lambda s: (f"PGD-{s.steps} ({plural(s.restarts, 'restart')}, eps={s.eps:.4g}, "
                             f"alpha={s.resolved_alpha():.4g}, {s.loss} loss)"),
         short=lambda s: f"PGD-{s.steps}x{s.restarts}",
         curve=lambda s: (f"PGD-{s.steps}, {plural(s.restarts, 'restart')}, step "
                          + ("eps/4" if s.alpha is None else f"{s.alpha / s.eps:.3g} eps" if s.eps else f"{s.alpha:.3g}")
                          + f", {s.loss} loss")),
-    "fgsm": Attack(fgsm, default_alpha=lambda eps: eps, describe=lambda s: f"FGSM (eps={s.eps:.4g})",
+    "fgsm": Attack(fgsm, takes=("alpha", "loss"), default_alpha=lambda eps: eps, describe=lambda s: f"FGSM (eps={s.eps:.4g})",
                    short=lambda s: "FGSM", curve=lambda s: "FGSM, step eps"),
     "apgd-ce": Attack(
-        apgd_ce, outside=True,
+        apgd_ce, outside=True, takes=("steps", "restarts"),
         describe=lambda s: f"APGD-CE ({s.steps} iterations, {plural(s.restarts, 'restart')}, eps={s.eps:.4g}; pyautoattack)",
         short=lambda s: "APGD-CE"),
     "apgd-t": Attack(
-        apgd_t, outside=True, targeted=True,
+        apgd_t, outside=True, takes=("steps", "restarts", "targets"),
         describe=lambda s: (f"APGD-T ({s.steps} iterations, {plural(s.targets, 'target class')}, "
                             f"eps={s.eps:.4g}; pyautoattack)"),
         short=lambda s: f"APGD-T{s.targets}"),
     "square": Attack(
-        square, outside=True,
+        square, outside=True, takes=("steps",),
         describe=lambda s: f"Square ({s.steps} queries, eps={s.eps:.4g}; pyautoattack, black-box)",
         short=lambda s: f"Square-{s.steps}"),
     "autoattack": Attack(
-        autoattack, outside=True,
+        autoattack, outside=True, takes=("log",),
         record={"version": "standard", "attacks": list(AUTOATTACK_STANDARD), "norm": "Linf", "package": "pyautoattack"},
         describe=lambda s: f"AutoAttack standard ({', '.join(a.upper() for a in AUTOATTACK_STANDARD)}; eps={s.eps:.4g})",
         short=lambda s: "AutoAttack"),

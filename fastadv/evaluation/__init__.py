@@ -18,7 +18,7 @@ from fastadv.evaluation.points import (
                                          predict_points,
                                          test_split,
 )
-from fastadv.evaluation.spec import PRESETS, AttackSpec
+from fastadv.evaluation.spec import ATTACK_PRESETS, AttackSpec
 
-__all__ = ["AALite", "AttackSpec", "EvalReport", "EvalResult", "PRESETS", "PointResults", "eval_mode", "evaluate",
+__all__ = ["AALite", "ATTACK_PRESETS", "AttackSpec", "EvalReport", "EvalResult", "PointResults", "eval_mode", "evaluate",
            "evaluate_distributed", "evaluate_suite", "plot_eps_curve", "predict_points", "test_split"]

@@ -25,6 +25,7 @@ import torch
 
 from fastadv.core import distributed
 from fastadv.core.attacks import ATTACKS, Attack
+from fastadv.data import Dataset
 from fastadv.evaluation.points import (
     PointResults,
     Progress,
@@ -110,8 +111,8 @@ class AALite:
 
 
 def evaluate(model: torch.nn.Module, data, *, attack: AttackSpec | str = "pgd", eps: float | None = None,
-             alpha: float | None = None, steps: int = 20, restarts: int = 1, loss: str = "ce",
-             limit: int = 0, batch_size: int = 500, seed: int = 0,
+             alpha: float | None = None, steps: int | None = None, restarts: int | None = None,
+             loss: str | None = None, limit: int = 0, batch_size: int = 500, seed: int = 0,
              device: torch.device | str | None = None, sanity: bool = False,
              sanity_points: int = 200, aa_lite: AALite | None = None) -> EvalResult:
     """Clean and robust accuracy (fractions in [0,1]) over the test split or an (x, y) pair.
@@ -123,8 +124,9 @@ def evaluate(model: torch.nn.Module, data, *, attack: AttackSpec | str = "pgd", 
     Arguments:
         model (nn.Module): takes [0,1] images, returns logits.
         data: a ``fastadv.data.Dataset`` (its test split) or an ``(x, y)`` pair; uint8 [0,255] or float [0,1].
-        attack (AttackSpec or str): the attack, or its name with ``eps``, ``alpha``, ``steps``, ``restarts``,
-            ``loss``. (Default: PGD-20, step eps/4)
+        attack (AttackSpec or str): the attack (then ``eps``, ``alpha``, ``steps``, ``restarts`` and ``loss``
+            must not be given: a ConfigError), or its name with those settings. (Default: PGD-20, step eps/4,
+            1 restart, CE loss, eps the dataset's standard radius: an (x, y) pair must give eps)
         limit (int): the first ``limit`` points only (0 = all). batch_size (int): (Default: 500)
         seed (int): seed of the random starts: one spec, one seed, one number. (Default: 0)
         sanity (bool): also run the checks of ``fastadv.evaluation.sanity`` on ``sanity_points`` points.
@@ -140,7 +142,7 @@ def evaluate(model: torch.nn.Module, data, *, attack: AttackSpec | str = "pgd", 
         r = fastadv.evaluate(model, data, eps=8/255, steps=20, aa_lite=fastadv.AALite(points=1000))
         print(r.clean_acc, r.robust_acc, r.headline_acc)
     """
-    spec = spec_from(attack, eps, alpha, steps, restarts, loss)
+    spec = spec_from(attack, eps, alpha, steps, restarts, loss, dataset=dataset_name(data))
     x_all, y_all = test_split(data, limit)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     with eval_mode(model):
@@ -163,6 +165,11 @@ def evaluate(model: torch.nn.Module, data, *, attack: AttackSpec | str = "pgd", 
     trusted = all(c.passed is not False for c in checks) if sanity else None
     return EvalResult(clean_acc, robust_acc, clean_loss, robust_loss, len(y_all), spec.describe(), trusted, checks,
                       aa)
+
+
+def dataset_name(data) -> str | None:
+    """The name of a ``Dataset`` (it gives the standard eps); None for an (x, y) pair."""
+    return data.name if isinstance(data, Dataset) else None
 
 
 def run_sanity(model, x_all, y_all, spec: AttackSpec, known: Mapping, *, points: int, seed: int, batch_size: int,
@@ -325,22 +332,29 @@ def evaluate_suite(model: torch.nn.Module, data, attacks: Sequence[AttackSpec], 
 
 
 # ----------------------------------------------------------------------------- under torchrun
-def evaluate_distributed(model, data, *, limit: int = 0, aa_lite=None, **kwargs):
-    """``evaluate`` under torchrun: the points split across ranks and the figures reduced.
+def evaluate_distributed(model, data, *, attack: AttackSpec | str = "pgd", eps: float | None = None,
+                         alpha: float | None = None, steps: int | None = None, restarts: int | None = None,
+                         loss: str | None = None, limit: int = 0, batch_size: int = 500, seed: int = 0,
+                         device=None, sanity: bool = False, sanity_points: int = 200,
+                         aa_lite: AALite | None = None) -> EvalResult:
+    """``evaluate`` (same arguments) under torchrun: the points split across ranks and the figures reduced.
 
     Each rank attacks a contiguous share of the (first ``limit``) points with rank 0's buffers;
     the result is over all points and the same on every rank. AA-lite's points (the first
     ``aa_lite.points``) are attacked by the ranks whose shares hold them. Without a group: ``evaluate``.
     """
+    spec = spec_from(attack, eps, alpha, steps, restarts, loss, dataset=dataset_name(data))
+    options = dict(attack=spec, batch_size=batch_size, seed=seed, device=device, sanity=sanity,
+                   sanity_points=sanity_points)
     model = distributed.unwrap(model)
     if not distributed.active():
-        return evaluate(model, data, limit=limit, aa_lite=aa_lite, **kwargs)
+        return evaluate(model, data, limit=limit, aa_lite=aa_lite, **options)
     rank, world = distributed.rank(), distributed.world_size()
     distributed.sync_buffers(model)
     x, y = test_split(data, limit)
     lo, hi = rank * len(y) // world, (rank + 1) * len(y) // world
     share = None if aa_lite is None else replace(aa_lite, points=max(0, min(hi, aa_lite.points) - lo))
-    part = evaluate(model, (x[lo:hi], y[lo:hi]), aa_lite=share if share and share.points else None, **kwargs)
+    part = evaluate(model, (x[lo:hi], y[lo:hi]), aa_lite=share if share and share.points else None, **options)
     k = part.points
     sums = torch.tensor([part.clean_acc * k, part.robust_acc * k, part.clean_loss * k, part.robust_loss * k, k],
                         dtype=torch.float64)
@@ -349,18 +363,14 @@ def evaluate_distributed(model, data, *, limit: int = 0, aa_lite=None, **kwargs)
     scale = 1.0 / max(n, 1.0)
     verdicts = distributed.gather_objects(part.trusted)  # sanity checks (if asked for) ran on each rank's share
     trusted = None if verdicts[0] is None else all(v is not False for v in verdicts)
-    aa = merge_aa_lite(aa_lite, distributed.gather_objects(part.aa_lite), part.attack, kwargs) if aa_lite else None
+    aa = merge_aa_lite(aa_lite, distributed.gather_objects(part.aa_lite), spec) if aa_lite else None
     return EvalResult(clean * scale, robust * scale, closs * scale, rloss * scale, n_points, part.attack,
                       trusted, distributed.broadcast_object(part.sanity), aa)
 
 
-def merge_aa_lite(aa_lite, parts: list, attack: str, kwargs: dict) -> dict:
+def merge_aa_lite(aa_lite: AALite, parts: list, main: AttackSpec) -> dict:
     """One AA-lite record from the ranks' partial ones (ranks without AA-lite points give None)."""
     parts = [p for p in parts if p]
     counts = [sum(c) for c in zip(*(p["robust_counts"] for p in parts))]
     n = sum(p["points"] for p in parts)
-    main = kwargs.get("attack")
-    main = main if isinstance(main, AttackSpec) else spec_from(main or "pgd", kwargs.get("eps"), kwargs.get("alpha"),
-                                                              kwargs.get("steps", 20), kwargs.get("restarts", 1),
-                                                              kwargs.get("loss", "ce"))
     return aa_lite.record(n, counts, main, max(p["seconds"] for p in parts))

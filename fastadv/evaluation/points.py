@@ -44,10 +44,7 @@ def run_attack(model, x, y, attack: AttackSpec, generator=None, attacks: Mapping
                log: Callable[[str], None] | None = None) -> torch.Tensor:
     """x_adv for one batch under ``attack``; ``attacks`` is the registry to look its name up in."""
     info = attacks[attack.name]
-    extra = {"log": log} if info.outside else {}
-    return info.fn(model, x, y, eps=attack.eps, alpha=attack.resolved_alpha(), steps=attack.steps,
-                   restarts=attack.restarts, random_start=attack.random_start and info.random_start,
-                   loss=attack.loss, targets=attack.targets, generator=generator, **extra)
+    return info.fn(model, x, y, **info.arguments(attack, generator, log))  # only what this attack takes
 
 
 @dataclass

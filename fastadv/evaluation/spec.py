@@ -1,8 +1,10 @@
-"""What an attack is, as data: ``AttackSpec`` (frozen, hashable: results are cached by it) and presets."""
+"""What an attack is, as data: ``AttackSpec`` (frozen, hashable: results are cached by it) and the attack
+presets of ``fastadv eval --preset`` (``ATTACK_PRESETS``; training recipes are ``fastadv.presets.PRESETS``)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from fastadv.config import ConfigError, TrainConfig, resolve_eps
 from fastadv.core.attacks import ATTACKS
 
 
@@ -56,16 +58,37 @@ class AttackSpec:
 
 
 # Named attack settings for `fastadv eval --preset`; alpha stays eps/4 unless --alpha is given.
-PRESETS: dict[str, dict] = {
+ATTACK_PRESETS: dict[str, dict] = {
     "pgd20": {"steps": 20, "restarts": 1},  # the thesis' evaluation
     "pgd50-10": {"steps": 50, "restarts": 10},  # Wong et al.'s final evaluation
 }
 
 
-def spec_from(attack: "AttackSpec | str", eps, alpha, steps, restarts, loss) -> AttackSpec:
+def dataset_eps(dataset: str) -> float:
+    """A dataset's standard L-inf radius, the one training uses when a config sets no eps
+    (``fastadv.config.resolve_eps``: MNIST 0.3, Fashion-MNIST 0.1, CIFAR 8/255 ...)."""
+    return resolve_eps(TrainConfig(dataset=dataset))
+
+
+def spec_from(attack: "AttackSpec | str", eps: float | None = None, alpha: float | None = None,
+              steps: int | None = None, restarts: int | None = None, loss: str | None = None, *,
+              dataset: str | None = None) -> AttackSpec:
+    """The attack ``evaluate`` runs: ``attack`` itself when it is an ``AttackSpec`` (then it says everything,
+    and giving any of eps, alpha, steps, restarts, loss as well is a ConfigError), else the attack of that
+    name with those settings (None: ``AttackSpec``'s defaults; eps: the ``dataset``'s standard radius,
+    which an (x, y) pair without a dataset name must give)."""
+    given = {"eps": eps, "alpha": alpha, "steps": steps, "restarts": restarts, "loss": loss}
+    given = {k: v for k, v in given.items() if v is not None}
     if isinstance(attack, AttackSpec):
+        if given:
+            raise ConfigError(f"attack={attack.short()} is an AttackSpec, which sets {', '.join(given)} itself; "
+                              f"give them in the AttackSpec only (e.g. AttackSpec({attack.name!r}, eps=...))")
         return attack
     if attack not in ATTACKS:
-        raise ValueError(f"unknown attack {attack!r} (valid: {', '.join(sorted(ATTACKS))})")
-    return AttackSpec(name=attack, eps=0.3 if eps is None else eps, alpha=alpha, steps=steps,
-                      restarts=restarts, loss=loss)
+        raise ConfigError(f"unknown attack {attack!r} (valid: {', '.join(sorted(ATTACKS))})")
+    if "eps" not in given:
+        if dataset is None:
+            raise ConfigError(f"give eps for the {attack} attack: an (x, y) pair has no dataset to take "
+                              f"the standard radius from")
+        given["eps"] = dataset_eps(dataset)
+    return AttackSpec(name=attack, **given)

@@ -101,6 +101,7 @@ def check_sweep(method: str, beta: float, diverge: float) -> None:
 def lr_range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                   batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, method: str = "fgsm-rs",
                   eps: float = 0.3, alpha: float | None = None, replays: int = 8, attack_steps: int = 7,
+                  noise: float = 2.0, label_smoothing: float = 0.0, method_args: dict | None = None,
                   start_lr: float = 1e-5, end_lr: float = 10.0, num_steps: int = 100, beta: float = 0.9,
                   diverge: float = 4.0, generator: torch.Generator | None = None, precision=None) -> RangeTest:
     """An LR range test with ``method``'s step function (thesis 4.2.1); the model and optimizer are restored after.
@@ -111,6 +112,9 @@ def lr_range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             ``replays`` optimizer steps all use that minibatch's LR); the test ends early if they run out.
         method (str): the training method whose loss is recorded (adversarial for adversarial methods).
         eps, alpha: the method's radius and step (alpha None = the method's default).
+        replays, attack_steps, noise, label_smoothing, method_args: the method's settings, as for
+            ``AdversarialStep`` (Free-m's m, PGD's K, N-FGSM's noise radius in eps, the training loss's
+            smoothing, the method's own settings).
         start_lr, end_lr, num_steps: the exponential sweep. (Default: 1e-5 to 10 in 100 minibatches)
         beta (float): EMA factor of the smoothing. diverge (float): stop once smoothed loss > diverge x its minimum.
 
@@ -126,10 +130,31 @@ def lr_range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     from fastadv.core.precision import FP32
 
     check_sweep(method, beta, diverge)
+    step_fn = METHODS[method]
+    try:
+        args = step_fn.resolve(method_args)
+    except ValueError as exc:
+        raise ConfigError(f"method_args {method_args!r} for {method}: {exc}") from None
+    alpha = step_fn.default_alpha(eps, attack_steps) if alpha is None else alpha
+    ctx = StepContext(model, optimizer, eps, alpha, replays, attack_steps, lambda _iteration: None, generator,
+                      precision=precision or FP32, noise=noise, label_smoothing=label_smoothing, args=args)
+    return sweep(ctx, method, batches, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps, beta=beta,
+                 diverge=diverge)
+
+
+def sweep(ctx, method: str, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, start_lr: float,
+          end_lr: float, num_steps: int, beta: float, diverge: float) -> RangeTest:
+    """The range test of ``method``'s step on the step context ``ctx`` (a ``StepContext`` carrying every
+    method setting: eps, alpha, replays, attack steps, noise, label smoothing, the method's own settings);
+    only its LR setter is replaced, by the sweep's. ``ctx.model`` and ``ctx.optimizer`` are restored after."""
+    from dataclasses import replace
+
+    from fastadv.core.methods import METHODS
+
+    check_sweep(method, beta, diverge)
     lrs = exponential_lrs(start_lr, end_lr, num_steps)
     step_fn = METHODS[method]
-    alpha = step_fn.default_alpha(eps, attack_steps) if alpha is None else alpha
-
+    model, optimizer = ctx.model, ctx.optimizer
     saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
     saved_optimizer = copy.deepcopy(optimizer.state_dict())
     was_training = model.training
@@ -139,8 +164,7 @@ def lr_range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         for group in optimizer.param_groups:
             group["lr"] = current["lr"]
 
-    ctx = StepContext(model, optimizer, eps, alpha, replays, attack_steps, set_lr, generator,
-                      precision=precision or FP32)
+    ctx = replace(ctx, set_hyperparams=set_lr)
     tried, losses, smoothed, reason = [], [], [], "end of the sweep"
     t0 = time.perf_counter()
     model.train()
@@ -171,8 +195,10 @@ def lr_range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     if not tried:
         raise ConfigError(f"LR range test got no finite loss (first lr {lrs[0]:.3g}): lower start_lr")
     min_lr, suggestion, steepest = suggest(tried, smoothed)
-    settings = {"method": method, "eps": eps, "alpha": alpha, "start_lr": start_lr, "end_lr": end_lr,
-                "num_steps": num_steps, "beta": beta, "diverge": diverge}
+    settings = {"method": method, "eps": ctx.eps, "alpha": ctx.alpha, "replays": ctx.replays,
+                "attack_steps": ctx.attack_steps, "noise": ctx.noise, "label_smoothing": ctx.label_smoothing,
+                "method_args": dict(ctx.args), "start_lr": start_lr, "end_lr": end_lr, "num_steps": num_steps,
+                "beta": beta, "diverge": diverge}
     return RangeTest(tried, losses, smoothed, min_lr, suggestion, steepest, reason,
                      time.perf_counter() - t0, settings)
 
@@ -195,13 +221,12 @@ def range_test_for_config(cfg: TrainConfig, data=None, *, model=None, start_lr: 
     fork = [torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork):
         s = build(cfg.replace(lr_max=start_lr, compile=False), data, copy.deepcopy(model) if model is not None else None)
-        result = lr_range_test(s.ctx.model, s.optimizer, s.stream, method=cfg.method, eps=s.eps, alpha=cfg.alpha,
-                               replays=cfg.replays, attack_steps=cfg.attack_steps, start_lr=start_lr, end_lr=end_lr,
-                               num_steps=num_steps, beta=beta, diverge=diverge, generator=s.ctx.generator,
-                               precision=s.ctx.precision)
+        # the trainer's own step context (every method setting as training uses it), under the sweep's LRs
+        result = sweep(s.ctx, cfg.method, s.stream, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
+                       beta=beta, diverge=diverge)
     result.settings.update({"dataset": cfg.dataset, "model": cfg.model, "optimizer": cfg.optimizer,
                             "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
-                            "batch_size": cfg.batch_size, "seed": cfg.seed, "replays": cfg.replays})
+                            "batch_size": cfg.batch_size, "seed": cfg.seed})
     return result
 
 

@@ -71,7 +71,7 @@ def parse_eps_list(text: str) -> list[float]:
 
 def check_flags(args) -> dict:
     """Validate the flags before anything is loaded; returns the parsed numbers."""
-    from fastadv.evaluation import PRESETS
+    from fastadv.evaluation import ATTACK_PRESETS
 
     for name in ("steps", "restarts"):
         value = getattr(args, name)
@@ -87,8 +87,8 @@ def check_flags(args) -> dict:
                           f"AutoAttack is --autoattack)")
     if args.loss not in LOSS_NAMES:
         raise ConfigError(f"unknown loss {args.loss!r} (valid: {', '.join(LOSS_NAMES)})")
-    if args.preset is not None and args.preset not in PRESETS:
-        raise ConfigError(f"unknown preset {args.preset!r} (valid: {', '.join(PRESETS)})")
+    if args.preset is not None and args.preset not in ATTACK_PRESETS:
+        raise ConfigError(f"unknown preset {args.preset!r} (valid: {', '.join(ATTACK_PRESETS)})")
     eps = number_flag("eps", args.eps) if args.eps is not None else None
     if eps is not None and not 0 <= eps <= 1:
         raise ConfigError(f"--eps must be in [0, 1], got {eps}")
@@ -107,9 +107,9 @@ def check_flags(args) -> dict:
 
 def attack_specs(args, eps: float, alpha: float | None) -> list:
     """Main attack first (PGD from preset/flags, or FGSM), then FGSM, then AutoAttack if asked."""
-    from fastadv.evaluation import PRESETS, AttackSpec
+    from fastadv.evaluation import ATTACK_PRESETS, AttackSpec
 
-    preset = PRESETS[args.preset or "pgd20"]
+    preset = ATTACK_PRESETS[args.preset or "pgd20"]
     steps = args.steps if args.steps is not None else preset["steps"]
     restarts = args.restarts if args.restarts is not None else preset["restarts"]
     fgsm = AttackSpec("fgsm", eps=eps, loss=args.loss)
