@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--only NAME ...] [--quick] [--seeds N] [--extend FILE] [--device D] [--out FILE]``."""
+"""``python -m benchmarks [--only NAME ...] [--quick] [--seeds N] [--ledger FILE] [--device D] [--out FILE]``."""
 from __future__ import annotations
 
 import argparse
@@ -26,16 +26,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     cifar = BENCHMARKS["cifar-cpu"]
     parser.add_argument("--seeds", type=int, default=None,
                         help=f"seeds: time-to-robust (default 3, quick 1), cifar-cpu (default {cifar.SEEDS}, quick 1)")
-    parser.add_argument("--extend", type=Path, default=None, metavar="FILE",
-                        help="cifar-cpu: add --seeds more seeds (default 1) to the cifar-cpu result in this results "
-                             "file (e.g. docs/cifar-cpu-benchmark.json), keeping its runs, calibration and settings; "
-                             "write the result with --out")
+    parser.add_argument("--ledger", type=Path, default=cifar.LEDGER, metavar="FILE",
+                        help="cifar-cpu: the frontier's ledger; finished runs are added to it at once and a rerun "
+                             f"skips the runs it holds [default: docs/{cifar.LEDGER.name}]")
+    parser.add_argument("--max-runs", type=int, default=None, metavar="N",
+                        help="cifar-cpu: stop after N new runs (the ledger keeps them; rerun to go on)")
     parser.add_argument("--stop-at-target", action=argparse.BooleanOptionalAction, default=None,
                         help="time-to-robust: end Wong's training at its first check >= 88%% (same time to 88%%, "
                              "no final accuracy; default: on in --quick, off otherwise)")
     parser.add_argument("--budget", type=float, default=None,
-                        help=f"cifar-cpu: seconds of training per run (default {cifar.BUDGET:.0f}, "
-                             f"quick {cifar.QUICK_BUDGET:.0f}); "
+                        help=f"cifar-cpu: this one budget in seconds of training (default the frontier's "
+                             f"{', '.join(f'{b:.0f}' for b in cifar.BUDGETS)}, quick 120); "
                              "--suite gpu: seconds for the whole suite (default 540)")
     parser.add_argument("--suite", choices=["gpu"], default=None,
                         help="gpu: the GPU suite (benchmarks/gpu_suite.py) instead of the benchmarks")
@@ -56,8 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--seeds must be >= 1")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
-    if args.extend is not None and args.only != ["cifar-cpu"]:
-        parser.error("--extend goes with --only cifar-cpu")
+    if args.max_runs is not None and args.max_runs < 1:
+        parser.error("--max-runs must be >= 1")
     return args
 
 
@@ -90,17 +91,12 @@ def main(argv=None) -> int:
     print(f"fastadv benchmarks on {info['processor']} ({info['cpu_count']} cores, torch {info['torch']}, "
           f"{info['torch_threads']} threads, device {device}); load average {info['load_average'][0]:.1f}"
           + (" [quick]" if args.quick else ""), flush=True)
-    try:
-        extend = None if args.extend is None else BENCHMARKS["cifar-cpu"].load_earlier(args.extend)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     results = {}
     for name in names:
         print(f"\n== {name}: {BENCHMARKS[name].DESCRIPTION}", flush=True)
         t = time.perf_counter()
         try:
-            out = BENCHMARKS[name].run(device, **run_options(BENCHMARKS[name], args, extend))
+            out = BENCHMARKS[name].run(device, **run_options(BENCHMARKS[name], args))
         except UserError as exc:  # e.g. MNIST not found for time-to-robust
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -114,13 +110,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_options(module, args: argparse.Namespace, extend) -> dict:
+def run_options(module, args: argparse.Namespace) -> dict:
     """The command-line options a benchmark's ``run`` takes (its signature names them), and only those:
     each flag's help says which benchmarks it is for, and ``run`` refuses a keyword it does not know."""
     import inspect
 
     options = {"quick": args.quick, "seeds": args.seeds, "stop_at_target": args.stop_at_target,
-               "budget": args.budget, "extend": extend, "log": lambda s: print(s, flush=True)}
+               "budget": args.budget, "ledger": args.ledger, "max_runs": args.max_runs,
+               "log": lambda s: print(s, flush=True)}
     takes = inspect.signature(module.run).parameters
     return {key: value for key, value in options.items() if key in takes}
 

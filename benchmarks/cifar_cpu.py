@@ -1,30 +1,34 @@
-"""Peer recipes side by side on CIFAR-10 on a CPU: the same net, data and wall budget for each.
+"""The CIFAR-10 race on a CPU as a frontier: every recipe at several wall budgets, judged on the weights it keeps.
 
-Five recipes train the same net on the same in-memory CIFAR-10 split in this process, one after
-the other and alternating over seeds (recipe a seed 0, b seed 0, ..., a seed 1, ...), so that
-load from other processes hits all of them alike:
+Recipes, all on the same net, data split and engine (bf16, channels_last where the CPU computes bf16):
 
-- (a) ``free-shafahi``: Free-8 with Shafahi et al.'s (2019) settings: the 3-steps LR 0.1 -> 0.01
-  -> 0.001 (at 50% and 75% of training), momentum 0.9, weight decay 2e-4, alpha = eps;
-- (b) ``fgsm-rs-wong``: Wong et al.'s (2020) FGSM with a random start: triangular LR 0 -> 0.2 -> 0
-  (peak at 40%), alpha = 10/255, weight decay 5e-4;
-- (c) ``n-fgsm``: de Jorge et al.'s (2022) N-FGSM: noise U[-2 eps, 2 eps], step eps, no projection
-  to the eps-ball, the same triangular LR to 0.2, weight decay 5e-4;
-- (d) ``pgd-2``: PGD-2 training (step 1.25 eps, random start), the multi-step reference, same LR;
-- (e) ``fastadv``: configs/cifar10-cpu.toml, the project's CPU recipe.
+- the peers as published: ``free-shafahi`` (Free-8, 3-steps LR 0.1 -> 0.01 -> 0.001 at 50% / 75%, weight
+  decay 2e-4, alpha = eps; Shafahi et al. 2019), ``fgsm-rs-wong`` (FGSM from a random start, alpha 10/255,
+  triangular LR 0 -> 0.2 -> 0 peaking at 40%, weight decay 5e-4; Wong et al. 2020), ``n-fgsm`` (noise
+  U[-2 eps, 2 eps], step eps, no projection, the same LR; de Jorge et al. 2022), ``pgd-2`` (PGD-2, step
+  1.25 eps, the same LR);
+- the same peers with fastadv's weight averaging and selection (``+avg``: an EMA of the weights, and the
+  better of raw and averaged weights at the best validation check), so the gain of each piece shows;
+- ``fastadv``: configs/cifar10-cpu.toml, the project's recipe; ``fastadv-free``: its best Free-m recipe.
 
-Each recipe's length in epochs is set so that its training takes the wall budget: a short
-calibration run of each measures its seconds per minibatch first. During training the trainer's
-held-out check (PGD-10, step eps/4, 500 fixed test points; its time excluded from the clock)
-runs about 10 times; the figure of merit is the training time at the first check at or above
-``TARGET``. At the end of each run: clean accuracy and PGD-20 (step eps/4 = 2/255, 1 restart) on
-the first ``FINAL_POINTS`` test images and AA-lite (the per-point worst case of that PGD-20,
-APGD-CE and APGD-T with 3 target classes, pyautoattack) on the first ``AA_POINTS``. The ratio is
-fastadv's median time to the target over the best peer's median.
+Each (recipe, budget, seed) run is calibrated to its budget: the recipe's seconds per minibatch are measured
+once (a short run of the loop's own minibatch step) and its length in epochs set so that training takes the
+budget; the schedules are functions of progress, so each is fitted to the budget. Every run is judged on the
+weights it keeps: clean accuracy and PGD-20 (step 2/255, 1 restart) on the first ``FINAL_POINTS`` test
+images, AA-lite (PGD-20, APGD-CE, APGD-T with 3 targets; pyautoattack) on the first ``AA_POINTS``.
+
+Time-to-target: the smallest budget at which the median AA-lite over seeds reaches ``TARGET``, interpolated
+linearly in AA-lite against log-budget between the two budgets that bracket it (None: not reached within the
+largest budget). Ratios: fastadv / the best published peer, fastadv / the best peer with averaging,
+fastadv-free / the best published peer.
+
+It resumes: every finished run is appended to the ledger (a JSON file, ``--ledger``, by default
+docs/cifar-cpu-frontier.json) at once, and a rerun skips the runs the ledger holds for the same recipe
+config, budget and seed, so the frontier may span sessions.
 """
 from __future__ import annotations
 
-import csv
+import hashlib
 import json
 import math
 import tempfile
@@ -33,63 +37,76 @@ from pathlib import Path
 import tomllib
 
 import fastadv
-from benchmarks._common import PeakMemory, median, spread, table
+from benchmarks._common import machine, median, table
 from fastadv.config import TrainConfig
 from fastadv.core.methods import METHODS
 from fastadv.data import batches_per_epoch
 from fastadv.errors import UserError, first_line
+from fastadv.io import write_json
 from fastadv.training.loop import Timer, train_minibatch
 from fastadv.training.setup import build
 
 NAME = "cifar-cpu"
-DESCRIPTION = "CIFAR-10 on a CPU: five recipes (Free-8, FGSM-RS, N-FGSM, PGD-2, fastadv) at one wall budget"
-HEAVY = True  # 55 minutes a seed (measured, 2 quiet cores), so about 110 in full; runs only when named with --only
+DESCRIPTION = "CIFAR-10 on a CPU: peers as published, with averaging, and fastadv's recipes at 120/240/480 s"
+HEAVY = True  # about 3 hours on 2 cores for one seed of everything; runs only when named with --only
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_FILE = ROOT / "configs" / "cifar10-cpu.toml"
-TARGET = 0.35  # held-out PGD-10 robust accuracy (500 points) that counts as "reached"
-BUDGET = 300.0  # seconds of training per run (plus about 4.5 min of evaluation); --quick: QUICK_BUDGET
-QUICK_BUDGET = 120.0
-SEEDS = 2  # seeds of a full run (--quick: 1)
-FINAL_POINTS = 1000
-AA_POINTS = 500
-CHECKS = 10  # held-out checks per run
+FREE_RECIPE_FILE = ROOT / "configs" / "cifar10-cpu-free.toml"
+LEDGER = ROOT / "docs" / "cifar-cpu-frontier.json"
+TARGET = 0.35  # final AA-lite robust accuracy that counts as "reached"
+BUDGETS = (120.0, 240.0, 480.0)  # seconds of training per run
+SEEDS = 2  # seeds at the budgets that bracket the target (one elsewhere)
+FINAL_POINTS = 2000
+AA_POINTS = 1000
+CHECKS = 8  # validation checks per run (PGD-10 on 500 validation points; their time is not training time)
+EVAL_POINTS = 500
 
 TRIANGLE = "one-cycle:peak=0.4,end_cycle=1,div=1e9"  # linear 0 -> lr_max at 40% -> 0 (Wong's "cyclic")
 PEERS = {
     "free-shafahi": {"method": "free", "replays": 8, "lr_schedule": "piecewise:values=1/0.1/0.01,boundaries=0.5/0.75",
-                     "lr_max": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "eps_warmup": 0.0},
+                     "lr_max": 0.1, "momentum": 0.9, "weight_decay": 2e-4},
     "fgsm-rs-wong": {"method": "fgsm-rs", "alpha": "10/255", "lr_schedule": TRIANGLE, "lr_max": 0.2,
-                     "momentum": 0.9, "weight_decay": 5e-4, "eps_warmup": 0.0},
+                     "momentum": 0.9, "weight_decay": 5e-4},
     "n-fgsm": {"method": "n-fgsm", "noise": 2.0, "alpha": "8/255", "lr_schedule": TRIANGLE, "lr_max": 0.2,
-               "momentum": 0.9, "weight_decay": 5e-4, "eps_warmup": 0.0},
-    "pgd-2": {"method": "pgd", "attack_steps": 2, "alpha": None, "lr_schedule": TRIANGLE, "lr_max": 0.2,
-              "momentum": 0.9, "weight_decay": 5e-4, "eps_warmup": 0.0},
+               "momentum": 0.9, "weight_decay": 5e-4},
+    "pgd-2": {"method": "pgd", "attack_steps": 2, "lr_schedule": TRIANGLE, "lr_max": 0.2, "momentum": 0.9,
+              "weight_decay": 5e-4},
 }
+# the order runs take within a budget: what the ratios need first, so that a stopped frontier has them
+PRIORITY = ("fastadv", "n-fgsm", "fgsm-rs-wong", "n-fgsm+avg", "fgsm-rs-wong+avg", "fastadv-free", "free-shafahi",
+            "pgd-2", "pgd-2+avg", "free-shafahi+avg")
+AVERAGING = {"average": "ema", "ema_decay": 0.999, "keep": "best"}  # what "+avg" adds to a peer
+PLAIN = {"average": "none", "keep": "last", "label_smoothing": 0.0, "eps_warmup": 0.0, "time_budget": None}
 # What every recipe shares with fastadv's: data, net, eps, batch, optimizer family, engine settings.
-SHARED = ("dataset", "model", "width", "depth", "eps", "batch_size", "optimizer", "precision", "channels_last")
+SHARED = ("dataset", "model", "width", "depth", "eps", "batch_size", "optimizer", "precision", "channels_last",
+          "val_size")
 
 
-def fastadv_recipe() -> dict:
-    with open(RECIPE_FILE, "rb") as f:
-        return tomllib.load(f)
+def read_recipe(path: Path) -> dict:
+    with open(path, "rb") as f:
+        recipe = tomllib.load(f)
+    recipe.pop("time_budget", None)  # the frontier sets each run's length itself
+    return recipe
 
 
 def recipes() -> dict[str, dict]:
-    """Name -> config for all five; the peers take the shared fields from fastadv's recipe."""
-    ours = fastadv_recipe()
+    """Name -> config: the peers (as published and with averaging) take the shared fields from fastadv's recipe."""
+    ours = read_recipe(RECIPE_FILE)
     base = {k: ours[k] for k in SHARED if k in ours}
-    out = {name: {**base, "nesterov": False, "momentum_schedule": "constant", **peer} for name, peer in PEERS.items()}
+    out = {}
+    for name, peer in PEERS.items():
+        out[name] = {**base, "nesterov": False, "momentum_schedule": "constant", **PLAIN, **peer}
+        out[f"{name}+avg"] = {**out[name], **AVERAGING}
     out["fastadv"] = ours
-    return {name: {k: v for k, v in cfg.items() if v is not None} for name, cfg in out.items()}
+    if FREE_RECIPE_FILE.is_file():
+        out["fastadv-free"] = {**base, **read_recipe(FREE_RECIPE_FILE)}
+    order = sorted(out, key=lambda n: PRIORITY.index(n) if n in PRIORITY else len(PRIORITY))
+    return {name: {k: v for k, v in out[name].items() if v is not None} for name in order}
 
 
-def run_config(cfg: dict, *, seed: int, device, out_dir: str, name: str, epochs: float, final_points: int,
-               aa_points: int, eval_points: int = 500) -> dict:
-    """A recipe as one benchmark run: its length in epochs, the shared evaluation settings."""
-    return {**cfg, "seed": seed, "device": str(device), "epochs": epochs, "iterations": 0, "progress": False,
-            "out_dir": out_dir, "name": name, "final_limit": final_points, "final_aa_points": aa_points,
-            "eval_size": eval_points, "eval_attack_steps": 10}
+def fingerprint(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def calibrate(cfg: dict, data, device, minibatches: int = 12) -> float:
@@ -106,154 +123,167 @@ def calibrate(cfg: dict, data, device, minibatches: int = 12) -> float:
     return timer.lap() / minibatches
 
 
-def curve(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as f:
-        return [{"seconds": float(r["seconds"]), "epoch": float(r["epoch"]), "adv_acc": float(r["adv_acc"]),
-                 "clean_acc": float(r["clean_acc"]), "passes": int(r["grad_computations"])} for r in csv.DictReader(f)]
-
-
-def first_hit(points: list[dict], target: float) -> dict | None:
-    return next((p for p in points if p["adv_acc"] >= target), None)
-
-
-def load_earlier(path) -> dict:
-    """The cifar-cpu result in a results JSON file (``python -m benchmarks --out``), for ``run(extend=...)``."""
+def read_ledger(path: Path | None) -> dict:
+    if path is None or not Path(path).is_file():
+        return {"calibration": {}, "runs": []}
     try:
-        earlier = json.loads(Path(path).read_text())["benchmarks"][NAME]
-        missing = [k for k in ("runs", "summary", "recipes", "budget_seconds", "target", "final_points", "aa_points",
-                               "train_size") if k not in earlier]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        why = f"no field {exc}" if isinstance(exc, KeyError) else first_line(exc)
-        raise UserError(f"--extend {path}: no cifar-cpu result to extend there ({why})") from None
-    if missing:
-        raise UserError(f"--extend {path}: its cifar-cpu result lacks {', '.join(missing)}")
-    return earlier
+        ledger = json.loads(Path(path).read_text())
+        assert isinstance(ledger.get("runs"), list) and isinstance(ledger.get("calibration"), dict)
+        return ledger
+    except (OSError, ValueError, AssertionError) as exc:
+        raise UserError(f"--ledger {path}: not a cifar-cpu frontier ledger ({first_line(exc) or 'bad fields'})") from None
+
+
+def plan(names: list[str], budgets: tuple[float, ...], seeds: int) -> list[tuple[int, float, str]]:
+    """(seed, budget, recipe) in the order they run: seed 0 at every budget first (the middle budget first),
+    recipes alternating within a budget so that load from other processes hits all of them alike."""
+    order = sorted(budgets, key=lambda b: abs(math.log(b) - math.log(budgets[len(budgets) // 2])))
+    return [(seed, budget, name) for seed in range(seeds) for budget in order for name in names]
 
 
 def run(device, quick: bool = False, seeds: int | None = None, budget: float | None = None, log=print,
-        target: float = TARGET, final_points: int | None = None, aa_points: int | None = None,
-        train_limit: int = 0, only: list[str] | None = None, eval_points: int = 500, overrides: dict | None = None,
-        calibration_minibatches: int = 12, extend: dict | None = None, data=None) -> dict:
-    """Calibrate, then train every recipe for ``budget`` seconds per seed, alternating; see the module docstring.
+        budgets: tuple[float, ...] | None = None, target: float = TARGET, final_points: int = FINAL_POINTS,
+        aa_points: int = AA_POINTS, train_limit: int = 0, only: list[str] | None = None,
+        eval_points: int = EVAL_POINTS, overrides: dict | None = None, calibration_minibatches: int = 12,
+        ledger: Path | None = LEDGER, data=None, max_runs: int | None = None) -> dict:
+    """Calibrate, then train every (recipe, budget, seed) the ledger lacks; see the module docstring.
 
-    ``overrides`` replaces fields in every recipe alike (the tests' smaller net and batch). ``extend``, an
-    earlier result of this benchmark (``load_earlier``), adds ``seeds`` (default 1) more seeds to it: its runs are kept and
-    its recipes, calibration (epochs per recipe), budget and evaluation settings are reused, so the new runs
-    are the same length as the old; a recipe that changed since is an error. ``data``, a loaded ``Dataset``
-    of the recipe's dataset, saves loading it (default: loaded here, ``train_limit`` applies either way)."""
-    budget = budget or (QUICK_BUDGET if quick else BUDGET)
-    seeds = seeds or (1 if quick or extend is not None else SEEDS)  # extend: one more seed unless told
-    final_points = final_points if final_points is not None else (1000 if quick else FINAL_POINTS)
-    aa_points = aa_points if aa_points is not None else (500 if quick else AA_POINTS)
+    ``budget`` (``--budget``) runs that one budget; ``quick``: 120 s, one seed, 1,000 / 500 points. ``overrides``
+    replaces fields in every recipe alike (the tests' smaller net). ``max_runs`` stops after that many new runs.
+    """
+    budgets = (budget,) if budget else budgets or ((120.0,) if quick else BUDGETS)
+    seeds = seeds or (1 if quick else SEEDS)
+    if quick:
+        final_points, aa_points = 1000, 500
     if data is None:
-        data = fastadv.load_dataset(fastadv_recipe()["dataset"], download=False, device=device)
+        data = fastadv.load_dataset(read_recipe(RECIPE_FILE)["dataset"], download=False, device=device)
     data = data.limit_train(train_limit)
     chosen = {k: {**v, **(overrides or {})} for k, v in recipes().items() if only is None or k in only}
-    per_epoch = {name: batches_per_epoch(len(data.y_train), cfg["batch_size"]) for name, cfg in chosen.items()}
-    runs: dict[str, list[dict]] = {name: [] for name in chosen}
-    first_seed = 0
-    if extend is not None:
-        if json.loads(json.dumps(chosen)) != extend["recipes"] or extend["train_size"] != len(data.y_train):
-            raise UserError("--extend: the recipes or the training split changed since that result; run afresh")
-        budget, target = extend["budget_seconds"], extend["target"]
-        final_points, aa_points = extend["final_points"], extend["aa_points"]
-        eval_points = next(iter(extend["runs"].values()))[0]["config"]["eval_size"]
-        runs = {name: list(extend["runs"][name]) for name in chosen}
-        first_seed = 1 + max(r["seed"] for rs in runs.values() for r in rs)
+    book = read_ledger(ledger)
+    settings = {"final_points": final_points, "aa_points": aa_points, "eval_points": eval_points,
+                "train_size": len(data.y_train)}
+    done = {(r["fingerprint"], r["budget"], r["seed"]) for r in book["runs"] if r.get("settings") == settings}
     with tempfile.TemporaryDirectory() as tmp:
-        if extend is None:
-            seconds_per_mb = {name: calibrate(cfg, data, device, calibration_minibatches)
-                              for name, cfg in chosen.items()}
-            epochs = {name: budget / (seconds_per_mb[name] * per_epoch[name]) for name in chosen}
-        else:
-            seconds_per_mb = {name: extend["summary"][name]["ms_per_minibatch"] / 1e3 for name in chosen}
-            epochs = {name: extend["summary"][name]["epochs"] for name in chosen}
-        for name in chosen:
-            log(f"  {name}: {seconds_per_mb[name] * 1e3:.0f} ms per minibatch -> {epochs[name]:.2f} epochs "
-                f"in {budget:.0f} s" + (" (the earlier result's calibration)" if extend is not None else ""))
-        for seed in range(first_seed, first_seed + seeds):
-            for name, cfg in chosen.items():
-                steps_per_mb = METHODS[cfg["method"]].steps_per_minibatch(
-                    cfg.get("replays", 8), cfg.get("attack_steps", 7))
-                minibatches = max(1, round(epochs[name] * per_epoch[name]))
-                run_cfg = {**run_config(cfg, seed=seed, device=device, out_dir=tmp, name=f"{name}-{seed}",
-                                        epochs=epochs[name], final_points=final_points, aa_points=aa_points,
-                                        eval_points=eval_points),
-                           "eval_every": max(1, minibatches // CHECKS) * steps_per_mb}
-                with PeakMemory(device) as mem:
-                    result = fastadv.train(run_cfg, data=data)
-                s = result.summary
-                points = curve(result.run_dir)
-                hit = first_hit(points, target)
-                runs[name].append({
-                    "seed": seed, "epochs": epochs[name], "train_seconds": s["train_seconds"],
-                    "seconds_to_target": hit["seconds"] if hit else None,
-                    "passes_to_target": hit["passes"] if hit else None,
-                    "clean_acc": s["clean_acc"], "pgd20_acc": s["robust_acc"],
-                    "aa_lite_acc": s["aa_lite"]["robust_acc"] if s.get("aa_lite") else None,
-                    "grad_computations": s["grad_computations"], "compute_epochs": s["compute_epochs"],
-                    "best_heldout_adv_acc": max(p["adv_acc"] for p in points), "curve": points,
-                    "events": s["events"], "memory": mem.to_dict(),
-                    "config": {k: v for k, v in run_cfg.items() if k != "out_dir"}})  # a temporary folder, gone
-                r = runs[name][-1]
-                when = "never" if hit is None else f"{hit['seconds']:.0f} s"
-                aa = "-" if r["aa_lite_acc"] is None else f"{100 * r['aa_lite_acc']:.1f}%"
-                log(f"  {name} seed {seed}: {target:.0%} held-out at {when}; final clean {100 * r['clean_acc']:.1f}%, "
-                    f"PGD-20 {100 * r['pgd20_acc']:.1f}%, AA-lite {aa} ({s['train_seconds']:.0f} s of training)")
-    out = summarize(runs, chosen, budget=budget, seeds=first_seed + seeds, target=target, final_points=final_points,
-                    aa_points=aa_points, seconds_per_mb=seconds_per_mb, data=data)
-    if extend is not None:  # where and when the seeds it kept were run
-        out["earlier"] = extend.get("earlier", []) + [{k: extend.get(k) for k in ("seeds", "finished",
-                                                                                "wall_seconds", "machine")}]
-    return out
+        new = 0
+        for seed, budget_s, name in plan(list(chosen), budgets, seeds):
+            cfg, key = chosen[name], fingerprint(chosen[name])
+            if (key, budget_s, seed) in done or (max_runs is not None and new >= max_runs):
+                continue
+            if key not in book["calibration"]:
+                book["calibration"][key] = {"recipe": name, "seconds_per_minibatch": calibrate(
+                    cfg, data, device, calibration_minibatches), "machine": machine(device)["processor"]}
+                log(f"  {name}: {1e3 * book['calibration'][key]['seconds_per_minibatch']:.0f} ms per minibatch")
+            record = train_one(name, cfg, budget_s, seed, book["calibration"][key]["seconds_per_minibatch"], data,
+                               device, tmp, settings)
+            book["runs"].append({**record, "fingerprint": key, "settings": settings})
+            new += 1
+            if ledger is not None:
+                write_json(Path(ledger), book)
+            log(f"  {name} {budget_s:.0f} s seed {seed}: {record['train_seconds']:.0f} s of training, clean "
+                f"{100 * record['clean_acc']:.1f}%, PGD-20 {100 * record['pgd20_acc']:.1f}%, AA-lite "
+                f"{100 * record['aa_lite_acc']:.1f}% (kept {record['kept']['which']} at step {record['kept']['step']})")
+    result = summarize(book, chosen, settings, target=target, data=data)
+    if ledger is not None and result["summary"]:
+        plot(result, Path(ledger).with_suffix(".png"))
+    return result
 
 
-def summarize(runs: dict, chosen: dict, *, budget, seeds, target, final_points, aa_points, seconds_per_mb,
-              data) -> dict:
-    def med(values):
-        values = [v for v in values if v is not None]
-        return median(values) if values else None
+def train_one(name: str, cfg: dict, budget: float, seed: int, seconds_per_mb: float, data, device, out_dir: str,
+              settings: dict) -> dict:
+    """One frontier run: ``budget`` seconds of training at the calibrated speed, judged on the kept weights."""
+    per_epoch = batches_per_epoch(len(data.y_train), cfg["batch_size"])
+    steps_per_mb = METHODS[cfg["method"]].steps_per_minibatch(cfg.get("replays", 8), cfg.get("attack_steps", 7))
+    minibatches = max(1, round(budget / seconds_per_mb))
+    run_cfg = {**cfg, "seed": seed, "device": str(device), "epochs": minibatches / per_epoch, "iterations": 0,
+               "progress": False, "out_dir": out_dir, "name": f"{name}-{budget:.0f}-{seed}",
+               "final_limit": settings["final_points"], "final_aa_points": settings["aa_points"],
+               "eval_size": settings["eval_points"], "eval_attack_steps": 10,
+               "eval_every": max(1, minibatches // CHECKS) * steps_per_mb}
+    s = fastadv.train(run_cfg).summary if data is None else fastadv.train(run_cfg, data=data).summary
+    return {"recipe": name, "budget": budget, "seed": seed, "epochs": run_cfg["epochs"],
+            "train_seconds": s["train_seconds"], "check_seconds": s.get("check_seconds"),
+            "eval_seconds": s["eval_seconds"], "clean_acc": s["clean_acc"], "pgd20_acc": s["robust_acc"],
+            "aa_lite_acc": s["aa_lite"]["robust_acc"] if s.get("aa_lite") else None, "trusted": s["trusted"],
+            "status": s["status"], "kept": s["kept"], "grad_computations": s["grad_computations"],
+            "events": s["events"], "config": {k: v for k, v in run_cfg.items() if k != "out_dir"}}
 
+
+def time_to_target(points: dict[float, float], target: float) -> float | None:
+    """Smallest budget at which AA-lite reaches ``target``: ``points`` budget -> AA-lite; linear in AA-lite
+    against log-budget between the bracketing budgets; None when no budget reaches it."""
+    budgets = sorted(points)
+    for i, b in enumerate(budgets):
+        if points[b] >= target:
+            if i == 0:
+                return b
+            a = budgets[i - 1]
+            frac = (target - points[a]) / (points[b] - points[a])
+            return math.exp(math.log(a) + frac * (math.log(b) - math.log(a)))
+    return None
+
+
+def summarize(book: dict, chosen: dict, settings: dict, *, target: float, data) -> dict:
+    by = {}
+    for r in book["runs"]:
+        name = r["recipe"]
+        if name in chosen and r["fingerprint"] == fingerprint(chosen[name]) and r.get("settings") == settings:
+            by.setdefault(name, {}).setdefault(r["budget"], []).append(r)
     summary = {}
-    for name, rs in runs.items():
-        hits = [r["seconds_to_target"] for r in rs]
-        reached = [h for h in hits if h is not None]
-        ok = len(reached) * 2 > len(rs)  # a median over seeds needs most seeds to have reached the target
-        summary[name] = {
-            "reached": f"{len(reached)}/{len(rs)}",
-            "median_seconds_to_target": median(sorted(h if h is not None else math.inf for h in hits)) if ok else None,
-            "seconds_to_target_range": list(spread(reached)) if reached else None,
-            "median_passes_to_target": med([r["passes_to_target"] for r in rs]) if ok else None,
-            "median_clean_acc": med([r["clean_acc"] for r in rs]),
-            "median_pgd20_acc": med([r["pgd20_acc"] for r in rs]),
-            "median_aa_lite_acc": med([r["aa_lite_acc"] for r in rs]),
-            "pgd20_range": list(spread([r["pgd20_acc"] for r in rs])),
-            "median_train_seconds": med([r["train_seconds"] for r in rs]),
-            "median_grad_computations": med([r["grad_computations"] for r in rs]),
-            "epochs": rs[0]["epochs"] if rs else None,
-            "ms_per_minibatch": 1e3 * seconds_per_mb[name],
-        }
-    peers = {n: s for n, s in summary.items() if n != "fastadv" and s["median_seconds_to_target"] is not None}
-    best_peer = min(peers, key=lambda n: peers[n]["median_seconds_to_target"]) if peers else None
-    ours = summary.get("fastadv", {}).get("median_seconds_to_target")
-    ratio = ours / peers[best_peer]["median_seconds_to_target"] if ours is not None and best_peer else None
+    for name, budgets in by.items():
+        aa = {b: median([r["aa_lite_acc"] for r in rs]) for b, rs in budgets.items()}
+        summary[name] = {"time_to_target": time_to_target(aa, target), "budgets": {
+            str(int(b)): {"seeds": len(rs), "aa_lite": aa[b], "pgd20": median([r["pgd20_acc"] for r in rs]),
+                          "clean": median([r["clean_acc"] for r in rs]),
+                          "train_seconds": median([r["train_seconds"] for r in rs]),
+                          "kept": sorted({r["kept"]["which"] for r in rs})}
+            for b, rs in sorted(budgets.items())}}
 
-    def pct(v):
-        return None if v is None else 100 * v
+    def best(names):
+        got = [(summary[n]["time_to_target"], n) for n in names if n in summary and summary[n]["time_to_target"]]
+        return min(got) if got else (None, None)
 
-    rows = [[name, s["reached"], s["median_seconds_to_target"], s["median_passes_to_target"], s["epochs"],
-             s["median_train_seconds"], pct(s["median_clean_acc"]), pct(s["median_pgd20_acc"]),
-             pct(s["median_aa_lite_acc"]), s["median_grad_computations"]] for name, s in summary.items()]
-    text = table(["recipe", "reached", f"s to {target:.0%}", "fwd-bwd to target", "epochs", "train s", "clean %",
-                  "PGD-20 %", "AA-lite %", "fwd-bwd passes"], rows)
-    text += (f"\nratio fastadv / best peer ({best_peer}) in median seconds to {target:.0%} held-out PGD-10: "
-             + (f"{ratio:.2f}" if ratio is not None else "n/a (a recipe did not reach the target in most seeds)")
-             + f"\nbudget {budget:.0f} s of training per run, {seeds} seed(s), medians over seeds; held-out check: "
-               f"PGD-10 (step eps/4) on 500 fixed test points, time excluded; final: PGD-20 (step 2/255, 1 restart) "
-               f"on the first {final_points} test images, AA-lite (PGD-20 + APGD-CE + APGD-T, 3 targets) on the "
-               f"first {aa_points}; data: {data.name}, {len(data.y_train):,} training images"
+    published, averaged = best(PEERS), best([f"{n}+avg" for n in PEERS])
+    ratios = {}
+    for ours, (theirs, peer), label in (("fastadv", published, "fastadv / best published peer"),
+                                        ("fastadv", averaged, "fastadv / best peer with averaging"),
+                                        ("fastadv-free", published, "fastadv-free / best published peer")):
+        mine = summary.get(ours, {}).get("time_to_target")
+        ratios[label] = {"ratio": mine / theirs if mine and theirs else None, "peer": peer}
+    rows = []
+    for name, s in summary.items():
+        for b, f in s["budgets"].items():
+            rows.append([name, b, f["seeds"], 100 * f["clean"], 100 * f["pgd20"], 100 * f["aa_lite"],
+                         f["train_seconds"], "/".join(f["kept"]), s["time_to_target"]])
+    text = table(["recipe", "budget s", "seeds", "clean %", "PGD-20 %", "AA-lite %", "train s", "kept",
+                  f"s to {target:.0%} AA-lite"], rows)
+    text += "".join(f"\nratio {k}: " + (f"{v['ratio']:.2f} ({v['peer']})" if v["ratio"] else "n/a (not reached)")
+                    for k, v in ratios.items())
+    text += (f"\nmedians over seeds; final: PGD-20 (step 2/255, 1 restart) on the first {settings['final_points']} "
+             f"test images, AA-lite (PGD-20 + APGD-CE + APGD-T, 3 targets) on the first {settings['aa_points']}; "
+             f"data: {data.name}, {settings['train_size']:,} training images"
              + (f" ({data.split_note})" if data.split_note else ""))
-    return {"name": NAME, "target": target, "budget_seconds": budget, "seeds": seeds, "final_points": final_points,
-            "aa_points": aa_points, "train_size": len(data.y_train), "data_note": data.split_note,
-            "recipes": chosen, "ratio": ratio, "best_peer": best_peer, "summary": summary,
-            "runs": {n: [{k: v for k, v in r.items()} for r in rs] for n, rs in runs.items()}, "table": text}
+    return {"name": NAME, "target": target, "settings": settings, "data_note": data.split_note, "recipes": chosen,
+            "summary": summary, "ratios": ratios, "runs": len(book["runs"]), "table": text}
+
+
+def plot(result: dict, path: Path) -> None:
+    """AA-lite against training seconds, one line per recipe (medians over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, s in result["summary"].items():
+        pts = sorted((f["train_seconds"], 100 * f["aa_lite"]) for f in s["budgets"].values())
+        style = "--" if name.endswith("+avg") else "-"
+        ax.plot(*zip(*pts), style, marker="o", label=name, lw=2 if name.startswith("fastadv") else 1)
+    ax.axhline(100 * result["target"], color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("training seconds (2 CPU cores)")
+    ax.set_ylabel(f"AA-lite % ({result['settings']['aa_points']} test points)")
+    ax.set_title("CIFAR-10 on a CPU: robustness against training time")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

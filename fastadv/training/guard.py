@@ -103,7 +103,7 @@ def not_learning(cfg: TrainConfig, check, progress: float, steps: int, num_class
     if (not cfg.stop_if_not_learning or progress < NOT_LEARNING_AT or steps < NOT_LEARNING_MIN_STEPS
             or check.clean_acc > chance + NOT_LEARNING_MARGIN):
         return None
-    return (f"not learning: held-out clean accuracy {check.clean_acc:.3f} is at chance ({chance:.2f}) after "
+    return (f"not learning: validation clean accuracy {check.clean_acc:.3f} is at chance ({chance:.2f}) after "
             f"{progress:.0%} of the budget; likely causes: lr_max too high for the method and optimizer "
             f"(now {cfg.lr_max:g} with {cfg.optimizer}), eps too large for the data, or Free-m at MNIST's eps 0.3 "
             f"(try the preset: fastadv train --dataset {cfg.dataset}); --no-stop-if-not-learning runs on")

@@ -115,7 +115,9 @@ def run(cfg: TrainConfig, data: Dataset | None, model: nn.Module | None, resume:
                     s.loop.train_seconds += timer.lap()
                     totals = finite_totals(s, saver.last)
                     if at_check:
+                        t_check = time.perf_counter()
                         reason = check(totals)
+                        s.loop.check_seconds += time.perf_counter() - t_check
                         if reason:
                             saver.save()
                             raise NotLearning(reason)

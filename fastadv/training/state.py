@@ -18,6 +18,7 @@ class LoopState:
     passes: int = 0  # forward-backward computations
     train_seconds: float = 0.0  # training time; held-out checks and checkpoints excluded
     checkpoint_seconds: float = 0.0  # time spent writing checkpoints
+    check_seconds: float = 0.0  # time spent in validation checks (raw and averaged weights)
     next_eval: int = 0  # optimizer step of the next held-out check
     rows: int = 0  # metrics.csv rows written
     count: int = 0  # training examples seen since the last metrics row (a host int: no tensor per step)

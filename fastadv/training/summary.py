@@ -41,6 +41,7 @@ def build_summary(s, run_dir: Path, status: str, *, evaluation: dict | None = No
                "status": status, **({"message": message} if message else {}),
                **(evaluation or {"clean_acc": None, "robust_acc": None, "last_checkpoint": last_checkpoint}),
                "eps": s.eps, "train_seconds": loop.train_seconds, "checkpoint_seconds": loop.checkpoint_seconds,
+               "check_seconds": loop.check_seconds,
                "steps": s.ctx.iteration, "epochs": loop.mb_done / s.per_epoch, "minibatches": loop.mb_done,
                "grad_computations": loop.passes,
                "compute_epochs": loop.passes * cfg.batch_size / n_train,  # fwd-bwd work in passes over the data
