@@ -5,7 +5,8 @@ the CIFAR ones). ``fastadv train`` without ``--config`` uses the preset for its 
 (``--preset NAME`` picks one, ``--preset none`` switches them off); a config file or the Python API
 uses one only when it names it (``preset = "cifar10-cpu"``). The preset's values sit under the
 given ones: explicit values win. When the given values change the method, the preset's
-method-specific values (``METHOD_FIELDS``) are dropped, since they were tuned for its own method.
+method-specific values (``METHOD_FIELDS``) are dropped, since they were tuned for its own method; a
+length given in epochs or iterations drops the preset's time budget.
 
 No torch here: the config layer names a device type ("cpu", "cuda", ...) as a string.
 """
@@ -18,10 +19,10 @@ import tomllib
 
 # name -> (file in fastadv/recipes, what it is): the table `fastadv train --help` prints
 PRESETS: dict[str, tuple[str, str]] = {
-    "mnist": ("mnist.toml", "small-cnn, PGD-3 with an eps ramp, Adam 1cycle, 8 epochs (the demo; ~1 min on 2 CPU cores)"),
+    "mnist": ("mnist.toml", "small-cnn, PGD-3 with an eps ramp, Adam 1cycle, 1 minute of training (the demo)"),
     "fashion-mnist": ("fashion-mnist.toml", "small-cnn, Free-4, 1cycle LR + 1cycle momentum, 1,200 iterations"),
-    "cifar10-cpu": ("cifar10-cpu.toml", "airbench, N-FGSM, 13 epochs, triangular LR (configs/cifar10-cpu.toml; ~11 min on 2 CPU "
-                                        "cores)"),
+    "cifar10-cpu": ("cifar10-cpu.toml", "airbench, N-FGSM, EMA + best validation check, label smoothing, triangular "
+                                        "LR, 10 minutes of training (configs/cifar10-cpu.toml)"),
     "cifar10-gpu": ("cifar10-gpu.toml", "PreAct ResNet-18, FGSM-RS, 15 epochs, bf16 + compile "
                                         "(configs/cifar10-fast.toml)"),
     "cifar100-cpu": ("cifar10-cpu.toml", "cifar10-cpu's recipe on CIFAR-100"),
@@ -62,6 +63,8 @@ def apply(values: Mapping[str, Any]) -> dict[str, Any]:
     base = load(name)
     if "method" in values and values["method"] != base.get("method"):
         base = {k: v for k, v in base.items() if k not in METHOD_FIELDS}
+    if ("epochs" in values or "iterations" in values) and "time_budget" not in values:
+        base.pop("time_budget", None)  # a length given in epochs or steps replaces the preset's time budget
     return {**base, **values}
 
 

@@ -108,3 +108,17 @@ def test_train_dataset_mnist_one_epoch_just_works(mnist, tmp_path, capsys):
     summary = json.loads((tmp_path / "one" / "summary.json").read_text())
     assert summary["clean_acc"] >= 0.97 and summary["robust_acc"] >= 0.5 and summary["headline"]["robust_acc"] >= 0.5
     assert out.index("robust accuracy (AA-lite)") < out.index("clean accuracy")  # the headline comes first
+
+
+def test_a_length_in_epochs_replaces_the_presets_time_budget_and_a_method_change_says_what_it_took():
+    from fastadv import presets
+
+    assert presets.load("mnist")["time_budget"] == "60s" and presets.load("cifar10-cpu")["time_budget"] == "10m"
+    assert TrainConfig.from_dict({"preset": "mnist"}).time_budget == 60
+    assert TrainConfig.from_dict({"preset": "mnist", "epochs": 2}).time_budget is None  # the user's length wins
+    assert TrainConfig.from_dict({"preset": "mnist", "epochs": 2, "time_budget": "30s"}).time_budget == 30
+    note = presets.provenance({"preset": "mnist", "method": "fgsm-rs", "epochs": 2})
+    assert note.startswith("preset mnist was tuned for pgd, this run trains fgsm-rs")
+    assert "alpha, attack_steps, eps_warmup dropped" in note and "optimizer adam" in note and "lr_max 0.005" in note
+    assert "epochs" not in note.split("taken from the preset:")[1]  # given, not taken
+    assert presets.provenance({"preset": "mnist"}) is None and presets.provenance({"method": "pgd"}) is None

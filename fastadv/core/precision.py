@@ -49,6 +49,17 @@ def cpu_has_native_bf16() -> bool:
     return any(probe() for probe in probes if probe is not None)
 
 
+def cpu_bf16_path() -> str:
+    """This CPU's bf16 path in words: "AMX" (tiles, the fastest), "AVX512-BF16", or "fp32" (bf16 emulated)."""
+    cpu = getattr(torch, "cpu", None)
+
+    def has(name: str) -> bool:
+        probe = getattr(cpu, name, None)
+        return bool(probe()) if probe is not None else False
+
+    return "AMX" if has("_is_amx_tile_supported") else "AVX512-BF16" if has("_is_avx512_bf16_supported") else "fp32"
+
+
 def resolve_mode(mode: str, device: torch.device) -> str:
     """``auto``: the fastest precision the device computes natively.
 
