@@ -241,13 +241,13 @@ def optimizer_kwargs(cfg: TrainConfig, cls: type) -> dict:
 def check_optimizer(cfg: TrainConfig) -> None:
     """``make_optimizer`` on a stand-in parameter and one step of it: an unknown name, an argument the constructor
     rejects or an optimizer that cannot step without a closure (LBFGS) fail here, in one line."""
-    probe = nn.Linear(2, 2)
+    probe = nn.ParameterList([nn.Parameter(torch.ones(2, 2)), nn.Parameter(torch.ones(2))])  # a weight, a bias; no RNG
     optimizer = make_optimizer(cfg, probe)
     has_momentum = any(k in optimizer.param_groups[0] for k in ("momentum", "betas"))
     if not has_momentum and parse_spec(cfg.momentum_schedule)[0] != "constant":
         raise ConfigError(f"momentum_schedule {cfg.momentum_schedule!r}: {cfg.optimizer} has neither momentum nor "
                           f"betas for it to set (use the constant schedule)")
-    probe(torch.ones(1, 2)).sum().backward()
+    sum(p.square().sum() for p in probe).backward()
     try:
         optimizer.step()
     except (TypeError, RuntimeError, ValueError) as exc:
