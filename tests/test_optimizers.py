@@ -73,14 +73,14 @@ def test_optimizer_args_reach_the_constructor():
     assert s.optimizer.param_groups[0]["eps"] == 1e-6 and s.optimizer.param_groups[0]["decoupled_weight_decay"]
 
 
-def test_a_run_with_an_optimizer_without_momentum_leaves_the_momentum_column_empty(tmp_path):
+def test_a_run_with_an_optimizer_without_momentum_writes_nan_for_it(tmp_path):
     result = fastadv.train({**BASE, "iterations": 0, "epochs": 1, "method": "fgsm-rs", "optimizer": "torch:Adagrad",
                             "lr_max": 0.05, "eval_size": 100, "final_limit": 128, "final_aa_points": 0,
                             "final_attack_steps": 3, "eval_attack_steps": 3, "stop_if_not_learning": False,
                             "out_dir": str(tmp_path)})
     with open(result.run_dir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert rows and all(r["momentum"] == "" and float(r["lr"]) > 0 for r in rows)
+    assert rows and all(r["momentum"] == "nan" and float(r["lr"]) > 0 for r in rows)
     assert result.summary["status"] == "completed"
 
 

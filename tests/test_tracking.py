@@ -104,31 +104,35 @@ def test_validation_checks_and_the_final_summary_reach_tensorboard(tracked):
     assert "**kept weights**: raw at step" in text and "completed" in text
 
 
-def test_logging_changes_no_number_of_the_run(tmp_path):
-    """Log points read the device sums and nothing else: with logging off the weights and metrics are the same."""
-    quick = {**RUN, "epochs": 2, "final_aa_points": 0, "out_dir": str(tmp_path)}
-    often, never = (fastadv.train({**quick, "log_every": n, "name": f"log{n}"}) for n in (1, 0))
-    wa = torch.load(often.run_dir / "model.pt", weights_only=True)
-    wb = torch.load(never.run_dir / "model.pt", weights_only=True)
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in metrics(often.run_dir)]
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in metrics(never.run_dir)]
-    assert "steps/train_loss" in events(often.run_dir).Tags()["scalars"]
-    assert "steps/train_loss" not in events(never.run_dir).Tags()["scalars"]
-
-
-def test_a_resumed_run_with_log_points_ends_with_the_unbroken_runs_weights(tmp_path):
-    settings = {**RUN, "epochs": 2, "final_aa_points": 0, "log_every": 3, "out_dir": str(tmp_path)}
-    unbroken = fastadv.train({**settings, "name": "unbroken"})
+def test_logging_and_a_resume_change_no_number_of_the_run(tmp_path):
+    """A run with log points every 3 steps, killed and resumed, ends with the weights and metrics.csv of an unbroken
+    run without log points (log points read the device sums, nothing else), and logs into the same MLflow run
+    (where mlflow is installed), which ends FINISHED."""
+    store = f"file:{tmp_path / 'mlruns'}" if HAS["mlflow"] else None
+    settings = {**RUN, "epochs": 2, "final_aa_points": 0, "log_every": 3, "out_dir": str(tmp_path), "mlflow": store}
+    unbroken = fastadv.train({**settings, "name": "unbroken", "log_every": 0, "mlflow": None})
     env = {**os.environ, "FASTADV_CHECKPOINT_KILL": "2", "PYTHONPATH": str(ROOT)}
     code = f"import fastadv, json; fastadv.train(json.loads({json.dumps({**settings, 'name': 'killed'})!r}))"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and not (tmp_path / "killed" / "summary.json").exists()
+    ids = (tmp_path / "killed" / "tracking.json").read_text() if store else None
     resumed = fastadv.train(resume=tmp_path / "killed")
     wa = torch.load(unbroken.run_dir / "model.pt", weights_only=True)
     wb = torch.load(resumed.run_dir / "model.pt", weights_only=True)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in metrics(unbroken.run_dir)]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in metrics(resumed.run_dir)]
     assert sorted(scalars(events(resumed.run_dir), "steps/lr")) == list(range(3, 21, 3))  # no step twice
+    assert "steps/lr" not in events(unbroken.run_dir).Tags()["scalars"]
+    if store:
+        from mlflow.tracking import MlflowClient
+
+        assert (tmp_path / "killed" / "tracking.json").read_text() == ids
+        client = MlflowClient(tracking_uri=store)
+        run = client.get_run(json.loads(ids)["mlflow"])
+        assert run.info.status == "FINISHED" and run.info.run_name == "killed"
+        assert run.data.metrics["final/clean_acc"] == pytest.approx(resumed.summary["clean_acc"])
+        assert {m.step for m in client.get_metric_history(run.info.run_id, "steps/lr")} == set(range(3, 21, 3))
 
 
 # ----------------------------------------------------------------------------- W&B and MLflow

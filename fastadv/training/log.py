@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -111,7 +112,8 @@ class RunLog:
             csv.writer(f).writerow([fmt(values.get(k, "")) for k in METRIC_FIELDS])
         if values.get("totals") is not None:  # the loop zeroes its sums after a row; the next log point adds them
             self.mark = [m - t for m, t in zip(self.mark, values["totals"])]
-        self.write({tb_tag(k): values[k] for k in SCALARS if values.get(k, "") != ""}, values["step"])
+        self.write({tb_tag(k): values[k] for k in SCALARS if values.get(k, "") != "" and not is_nan(values[k])},
+                   values["step"])
         self.bar.set_postfix(loss=f"{values['train_loss']:.3f}", acc=f"{values['train_acc']:.3f}",
                              lr=f"{values['lr']:.3g}", rob=f"{values['adv_acc']:.3f}", refresh=False)
         if self.lines:
@@ -167,6 +169,10 @@ def log_training(s, log) -> None:
         return
     local = torch.cat([s.loop.sums, s.loop.sums.new_tensor([float(s.loop.count)])])
     log.scalars(s, distributed.all_reduce_sum(local).tolist())
+
+
+def is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def aside_seconds(loop) -> float:
@@ -241,12 +247,12 @@ def fmt(v: Any) -> Any:
 def metrics_row(s, totals: list[float], check, event: str, averaged=None) -> dict:
     """One metrics.csv row at a held-out check of a ``Setup``; ``totals``: loss sum, correct, count since the
     last row (over every process; the loop zeroes them after the row); ``averaged``: the averaged weights' check,
-    if any. The momentum is left empty for an optimizer with neither momentum nor betas."""
+    if any. The momentum is nan for an optimizer with neither momentum nor betas (Adagrad)."""
     loss_sum, correct, count = totals
     step = max(s.ctx.iteration - 1, 0)  # the step just taken
     return {"step": s.ctx.iteration, "epoch": s.loop.mb_done / s.per_epoch, "seconds": s.loop.train_seconds,
             "lr": s.lr_fn(step) * s.loop.lr_scale,
-            "momentum": s.mom_fn(step) if group_momentum(s.optimizer.param_groups[0]) is not None else "",
+            "momentum": s.mom_fn(step) if group_momentum(s.optimizer.param_groups[0]) is not None else math.nan,
             "train_loss": loss_sum / count, "train_acc": correct / count,
             "clean_loss": check.clean_loss, "clean_acc": check.clean_acc,
             "adv_loss": check.robust_loss, "adv_acc": check.robust_acc,
