@@ -61,13 +61,16 @@ class TrainConfig:
     iterations: int = option(0, "total optimizer steps, Free-m replays included (the thesis' unit); > 0 overrides "
                                 "epochs")
     batch_size: int = option(128, "minibatch size (the global batch under torchrun)")
-    optimizer: str = option("sgd", "sgd | adam")
+    optimizer: str = option("sgd", "sgd | adam | adamw | torch:NAME (any torch.optim optimizer, e.g. torch:RAdam)")
+    optimizer_args: str = option("", "its other arguments as key=value,... (eps=1e-6,amsgrad=true; beta2=0.99); lr, "
+                                     "momentum, beta1 and weight_decay come from their own fields")
     lr_schedule: str = option("one-cycle", "schedule spec name:key=value,...; fastadv schedule --list names them")
     lr_max: float | None = option(0.1, "peak learning rate the schedule scales; auto = LR range test first "
                                        "(fastadv.training.finder)")
     momentum_schedule: str = option("constant", "constant | one-cycle (the inverse 0.95-0.85 mirror)")
-    momentum: float = option(0.9, "SGD momentum, or Adam beta1, for the constant schedule")
-    nesterov: bool = option(False, "Nesterov momentum (SGD)")
+    momentum: float = option(0.9, "momentum (SGD, RMSprop), or beta1 (Adam, AdamW, ...), for the constant schedule; "
+                                  "an optimizer with neither (Adagrad) ignores it")
+    nesterov: bool = option(False, "Nesterov momentum (sgd only)")
     weight_decay: float = option(2e-4, "L2 weight decay on conv and linear weights (not on biases and BN)")
     label_smoothing: float = option(0.0, "label smoothing of the training loss (never of an attack's loss), in [0, 1)")
     time_budget: float | None = option(None, "seconds of training ('10m', '90s', '1h' accepted): the step count is "
@@ -118,6 +121,14 @@ class TrainConfig:
     out_dir: str = option("runs", "folder that holds the run directories")
     name: str | None = option(None, "run directory name; None = generated from the config")
     progress: bool = option(True, "tqdm progress bar")
+    # --- tracking (fastadv.training.log)
+    log_every: int = option(50, "optimizer steps between training scalars (loss, accuracy, LR, momentum, eps, "
+                                "images/s) to TensorBoard, W&B, MLflow; 0 = off")
+    wandb: bool = option(False, "log to Weights & Biases (pip install 'fastadv[wandb]'); offline under "
+                                "WANDB_MODE=offline or with no API key")
+    wandb_project: str = option("fastadv", "the W&B project")
+    mlflow: str | None = option(None, "log to this MLflow tracking URI, e.g. file:./mlruns (pip install "
+                                      "'fastadv[mlflow]'); None = off")
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -205,7 +216,9 @@ class TrainConfig:
             (self.name is None or valid_run_name(self.name),
              f"name must be a plain folder name (no '/', not '.' or '..'), got {self.name!r}"),
             (self.out_dir != "", "out_dir cannot be empty"),
-            (self.optimizer in ("sgd", "adam"), f"optimizer must be one of sgd, adam, got {self.optimizer!r}"),
+            (self.optimizer in OPTIMIZERS or OUTSIDE_OPTIMIZER.fullmatch(self.optimizer) is not None,
+             f"optimizer must be one of {', '.join(OPTIMIZERS)} or torch:NAME (e.g. torch:RAdam), got {self.optimizer!r}"),
+            (self.log_every >= 0, f"log_every must be >= 0 (0 = off), got {self.log_every}"),
             (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}"),
             (0.0 < self.co_drop <= 1.0, f"co_drop must be in (0, 1], got {self.co_drop}"),
             (self.co_remedy in ("stop", "alpha", "lr"),
@@ -221,6 +234,8 @@ class TrainConfig:
 
 AVERAGES = ("none", "ema", "swa")  # fastadv.training.averaging
 KEEPS = ("last", "best")
+OPTIMIZERS = ("sgd", "adam", "adamw")  # and torch:NAME (fastadv.training.setup.make_optimizer)
+OUTSIDE_OPTIMIZER = re.compile(r"torch:[A-Za-z_]\w*")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # fastadv.core.precision: autocast dtypes, auto = by device
 INT_MIN, INT_MAX = -2**63, 2**63 - 1  # what torch and NumPy accept as an integer argument
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")

@@ -54,7 +54,7 @@ BAD = [
     ("unknown method", ["--method", "trades"], {}, "unknown method 'trades' (valid: fgsm, fgsm-rs, free, n-fgsm, pgd, standard)"),
     ("unknown schedule", ["--lr-schedule", "cosine"], {}, "unknown schedule 'cosine' (valid: constant, cyclical"),
     ("unknown momentum schedule", ["--momentum-schedule", "bouncy"], {}, "unknown momentum schedule 'bouncy' (valid:"),
-    ("unknown optimizer", ["--optimizer", "rmsprop"], {}, "optimizer must be one of sgd, adam, got 'rmsprop'"),
+    ("unknown optimizer", ["--optimizer", "rmsprop"], {}, "optimizer must be one of sgd, adam, adamw or torch:NAME (e.g. torch:RAdam), got 'rmsprop'"),
     ("unknown precision", ["--precision", "fp8"], {}, "precision must be one of fp32, bf16, fp16, auto, got 'fp8'"),
     ("unknown device", ["--device", "tpu"], {}, "unknown device 'tpu' (valid: auto, cpu, cuda, cuda:N, mps)"),
     ("absent device", ["--device", "cuda:99"], {}, "device 'cuda:99' requested but"),

@@ -196,20 +196,19 @@ for _name, _facts in ZOO.items():  # the methods from the fast-AT literature (fa
 
 # ----------------------------------------------------------------------------- in one's own loop
 def hyperparam_setter(optimizer: torch.optim.Optimizer, lr_fn=None, momentum_fn=None, lr_scale=lambda: 1.0):
-    """``iteration -> None`` writing LR (``lr_fn(iteration)`` times ``lr_scale()``) and momentum (Adam: beta1)
-    into every param group; a schedule left None leaves that value as the optimizer has it."""
-    is_adam = isinstance(optimizer, torch.optim.Adam)
+    """``iteration -> None`` writing LR (``lr_fn(iteration)`` times ``lr_scale()``) and momentum (beta1 where a
+    group has ``betas``: Adam, AdamW, RAdam...) into every param group; a group with neither (Adagrad) gets no
+    momentum; a schedule left None leaves that value as the optimizer has it."""
 
     def set_hyperparams(iteration: int) -> None:
         for group in optimizer.param_groups:
             if lr_fn is not None:
                 group["lr"] = lr_fn(iteration) * lr_scale()
             if momentum_fn is not None:
-                mom = momentum_fn(iteration)
-                if is_adam:
-                    group["betas"] = (mom, group["betas"][1])
-                else:
-                    group["momentum"] = mom
+                if "betas" in group:
+                    group["betas"] = (momentum_fn(iteration), group["betas"][1])
+                elif "momentum" in group:
+                    group["momentum"] = momentum_fn(iteration)
 
     return set_hyperparams
 

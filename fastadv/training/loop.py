@@ -37,7 +37,7 @@ from fastadv.training.checkpoint import (
 from fastadv.training.finder import auto_lr_max
 from fastadv.training.budget import TimeBudget
 from fastadv.training.guard import NotLearning, guard_check, make_guard, not_learning, robustness_collapse
-from fastadv.training.log import RunLog, metrics_row
+from fastadv.training.log import RunLog, log_training, metrics_row
 from fastadv.training.run_dir import new_run, resume_config, rewrite_config
 from fastadv.training.setup import Setup, build, check_config, load_data
 from fastadv.training.summary import build_summary, figures, write_summary
@@ -104,6 +104,7 @@ def run(cfg: TrainConfig, data: Dataset | None, model: nn.Module | None, resume:
                 # one minibatch: eps ramp, the method's optimizer step(s), the average, statistics on the device
                 train_minibatch(s)
                 log.bar.update(s.steps_per_minibatch)
+                log_training(s, log)  # every log_every steps: loss, accuracy, LR, ... (one host sync there)
                 # time budget: fit the run's length to the measured speed, twice early on
                 if budget is not None and budget.due(s.loop):
                     budget.fit(s, s.loop.train_seconds + timer.lap())
@@ -128,14 +129,16 @@ def run(cfg: TrainConfig, data: Dataset | None, model: nn.Module | None, resume:
                     s.loop.train_seconds += timer.lap()
                     saver.save()
                     raise stop.exception(s, run_dir)
+        return finish(s, run_dir, log)
     except (TrainingDiverged, NotLearning) as exc:
         status = "diverged" if isinstance(exc, TrainingDiverged) else "not learning"
         s.loop.events.append({"event": status.replace(" ", "_"), "step": s.ctx.iteration, "message": str(exc)})
-        write_summary(run_dir, build_summary(s, run_dir, status, message=str(exc), last_checkpoint=saver.last))
+        summary = build_summary(s, run_dir, status, message=str(exc), last_checkpoint=saver.last)
+        write_summary(run_dir, summary)
+        log.summary(summary)
         raise
     finally:
-        log.close()
-    return finish(s, run_dir)
+        log.close()  # TensorBoard, W&B and MLflow runs end here, also when interrupted
 
 
 # ----------------------------------------------------------------------------- pieces of the loop
@@ -230,7 +233,8 @@ class HeldOut:
 def open_log(s: Setup, run_dir: Path, resume, saver: Saver):
     """The run's log; a new run writes its step-0 checkpoint first, a resumed one is put back from its newest."""
     def make(**kw):
-        return RunLog(run_dir, s.total_steps, s.cfg.progress, **kw) if distributed.is_main() else distributed.Silent()
+        return (RunLog(run_dir, s.total_steps, s.cfg.progress, setup=s, **kw) if distributed.is_main()
+                else distributed.Silent())
 
     if resume is None:
         saver.save()  # step 0: a run killed at any moment can be resumed
@@ -246,12 +250,14 @@ def open_log(s: Setup, run_dir: Path, resume, saver: Saver):
     return log
 
 
-def finish(s: Setup, run_dir: Path) -> RunResult:
-    """The kept weights, the final evaluation (PGD-K on the test set, AA-lite, sanity checks) and summary.json.
+def finish(s: Setup, run_dir: Path, log: RunLog) -> RunResult:
+    """The kept weights, the final evaluation (PGD-K on the test set, AA-lite, sanity checks) and summary.json,
+    which also goes to the log (TensorBoard, W&B, MLflow).
 
     The test set is read here for the first time: which weights are kept was decided on the validation split.
     """
     cfg = s.cfg
+    log.bar.close()  # training is over
     ranks = distributed.summary_fields(s.model)  # rank 0's buffers everywhere; weights identical on all ranks
     kept = keep_weights(s, run_dir)
     if distributed.is_main():
@@ -269,6 +275,7 @@ def finish(s: Setup, run_dir: Path) -> RunResult:
         evaluation["trusted"] = False
     summary = {**build_summary(s, run_dir, status, evaluation=evaluation), "kept": kept, **ranks}
     write_summary(run_dir, summary)
+    log.summary(summary)
     return RunResult(run_dir, summary, s.model.eval(), cfg)
 
 

@@ -30,11 +30,12 @@ from fastadv.data import (
     unknown_name,
 )
 from fastadv.errors import first_line
-from fastadv.models import MODELS, build_model, is_known, wrap_model
+from fastadv.models import MODELS, build_model, is_known, model_value, wrap_model
 from fastadv.models.store import arch_of
 from fastadv.specs import parse_spec
 from fastadv.training.averaging import Averager, Selection
 from fastadv.training.budget import FIRST_FIT
+from fastadv.training.log import check_tracking
 from fastadv.training.state import LoopState
 
 SCHEDULE_SAMPLES = 1000  # steps at which a schedule is evaluated to check its values
@@ -173,14 +174,84 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov) or Adam (beta1 = momentum); weight decay on weights, not on biases and BN."""
+    """``cfg.optimizer`` over two param groups, weight decay on weights only (not on biases and BN).
+
+    sgd (momentum, Nesterov), adam, adamw or ``torch:NAME`` (any ``torch.optim`` class) with ``cfg.optimizer_args``.
+    The schedules write ``lr`` and momentum, or beta1 where the optimizer has ``betas``, before every step
+    (``hyperparam_setter``); one with neither (Adagrad, Rprop) keeps a constant momentum schedule out of it.
+    One-line ConfigError for an unknown name or an argument the constructor rejects.
+    """
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr_max, betas=(cfg.momentum, 0.999))
-    return torch.optim.SGD(groups, lr=cfg.lr_max, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    cls = optimizer_class(cfg.optimizer)
+    kwargs = optimizer_kwargs(cfg, cls)
+    try:
+        return cls(groups, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"optimizer {cfg.optimizer} (optimizer_args {cfg.optimizer_args!r}): {first_line(exc)}"
+                          ) from None
+
+
+OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}  # the rest: torch:NAME
+OWN_FIELDS = {"lr": "lr_max and lr_schedule", "momentum": "momentum and momentum_schedule",
+              "betas": "momentum and momentum_schedule (beta1) and beta2=", "weight_decay": "weight_decay (weights "
+              "only)", "nesterov": "nesterov", "params": "the model"}
+
+
+def optimizer_class(name: str) -> type:
+    """The torch.optim class of an ``optimizer`` value; ConfigError naming the valid ones."""
+    cls = getattr(torch.optim, OPTIMIZER_CLASSES.get(name, name.removeprefix("torch:")), None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
+        valid = sorted(n for n, c in vars(torch.optim).items() if isinstance(c, type)
+                       and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer)
+        raise ConfigError(f"unknown optimizer {name!r} (valid: sgd, adam, adamw, or torch:NAME with NAME one of "
+                          f"{', '.join(valid)})")
+    return cls
+
+
+def optimizer_kwargs(cfg: TrainConfig, cls: type) -> dict:
+    """The constructor's keyword arguments: ``cfg.optimizer_args`` ('key=value,...', values as for model
+    arguments) and the fields' lr, momentum (or beta1) and nesterov."""
+    given: dict = {}
+    for item in filter(None, (i.strip() for i in cfg.optimizer_args.split(","))):
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not eq or not key.isidentifier() or not value or key in given:
+            raise ConfigError(f"optimizer_args {cfg.optimizer_args!r}: expected key=value,... with each key once, "
+                              f"got {item!r}")
+        if key in OWN_FIELDS:
+            raise ConfigError(f"optimizer_args: {key} is set by {OWN_FIELDS[key]}")
+        given[key] = model_value(value)
+    params = inspect.signature(cls).parameters
+    kwargs = {"lr": cfg.lr_max if cfg.lr_max is not None else 1e-3}  # None: auto, found before build
+    if "betas" in params:
+        kwargs["betas"] = (cfg.momentum, given.pop("beta2", params["betas"].default[1]))
+    elif "momentum" in params:
+        kwargs["momentum"] = cfg.momentum
+    if cfg.nesterov:
+        if "nesterov" not in params:
+            raise ConfigError(f"nesterov = true is for sgd; {cfg.optimizer} has no Nesterov option")
+        kwargs["nesterov"] = True
+    if "beta2" in given:
+        raise ConfigError(f"optimizer_args: beta2 is for optimizers with betas, and {cls.__name__} has none")
+    return {**kwargs, **given}
+
+
+def check_optimizer(cfg: TrainConfig) -> None:
+    """``make_optimizer`` on a stand-in parameter and one step of it: an unknown name, an argument the constructor
+    rejects or an optimizer that cannot step without a closure (LBFGS) fail here, in one line."""
+    probe = nn.ParameterList([nn.Parameter(torch.ones(2, 2)), nn.Parameter(torch.ones(2))])  # a weight, a bias; no RNG
+    optimizer = make_optimizer(cfg, probe)
+    has_momentum = any(k in optimizer.param_groups[0] for k in ("momentum", "betas"))
+    if not has_momentum and parse_spec(cfg.momentum_schedule)[0] != "constant":
+        raise ConfigError(f"momentum_schedule {cfg.momentum_schedule!r}: {cfg.optimizer} has neither momentum nor "
+                          f"betas for it to set (use the constant schedule)")
+    sum(p.square().sum() for p in probe).backward()
+    try:
+        optimizer.step()
+    except (TypeError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"optimizer {cfg.optimizer} cannot take fastadv's steps: {first_line(exc)}") from None
 
 
 def own_model(model: nn.Module, data: Dataset) -> nn.Module:
@@ -223,6 +294,8 @@ def check_config(cfg: TrainConfig, model: nn.Module | None = None) -> None:
         raise ConfigError(unknown_name("model", cfg.model, MODELS) + " or torchvision:NAME, timm:NAME")
     method_settings(cfg)
     check_schedules(cfg)
+    check_optimizer(cfg)
+    check_tracking(cfg)
     if model is None:
         check_model_args(cfg)
     if cfg.data_dir is not None and not Path(cfg.data_dir).expanduser().is_dir():
