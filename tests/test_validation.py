@@ -51,7 +51,7 @@ BAD = [
     # --- unknown names, with the valid ones
     ("unknown dataset", ["--dataset", "imagenet"], {}, "unknown dataset 'imagenet' (valid: cifar10, cifar100, digits"),
     ("unknown model", ["--model", "vgg"], {}, "unknown model 'vgg' (valid: airbench, airbench-half, fast-cnn, preact-resnet18, small-cnn"),
-    ("unknown method", ["--method", "trades"], {}, "unknown method 'trades' (valid: fgsm, fgsm-rs, free, n-fgsm, pgd, standard)"),
+    ("unknown method", ["--method", "fgsm-ls"], {}, "unknown method 'fgsm-ls' (valid: fgsm, fgsm-mep-cs, fgsm-pgi, "),
     ("unknown schedule", ["--lr-schedule", "cosine"], {}, "unknown schedule 'cosine' (valid: constant, cyclical"),
     ("unknown momentum schedule", ["--momentum-schedule", "bouncy"], {}, "unknown momentum schedule 'bouncy' (valid:"),
     ("unknown optimizer", ["--optimizer", "rmsprop"], {}, "optimizer must be one of sgd, adam, adamw or torch:NAME (e.g. torch:RAdam), got 'rmsprop'"),
@@ -101,7 +101,7 @@ BAD = [
     ("file null", ["--config", "{d}/c.json"], {"c.json": '{"replays": null}'}, "replays cannot be empty"),
     ("file bad schedule", ["--config", "{d}/c.toml"], {"c.toml": 'lr_schedule = "one-cycle:peak=2"\n'},
      "need 0 <= peak <= end_cycle <= 1, got peak=2.0"),
-    ("file unknown method", ["--config", "{d}/c.toml"], {"c.toml": 'method = "trades"\n'}, "unknown method 'trades'"),
+    ("file unknown method", ["--config", "{d}/c.toml"], {"c.toml": 'method = "fgsm-ls"\n'}, "unknown method 'fgsm-ls'"),
     ("file yaml", ["--config", "{d}/c.yaml"], {"c.yaml": "eps: 0.1\n"}, ".yaml is not supported (use .toml or .json)"),
     ("file not utf-8", ["--config", "{d}/c.toml"], {"c.toml": b"\xff\xfe eps = 1"}, "cannot parse config file"),
     ("flag overrides file, still bad", ["--config", "{d}/c.toml", "--eps", "2"], {"c.toml": "eps = 0.1\n"},
