@@ -36,7 +36,7 @@ def test_every_preset_resolves_to_its_recipe_and_trains_a_few_steps(name, tmp_pa
         if key != "dataset":
             assert getattr(cfg, key) == TrainConfig.from_dict({key: value}).__getattribute__(key), key
     assert cfg.dataset == ("cifar100" if name.startswith("cifar100") else recipe_file(name)["dataset"])
-    small = cfg.replace(epochs=0.1, iterations=0, batch_size=32, compile=False, eval_size=16, eval_attack_steps=1,
+    small = cfg.replace(epochs=0.1, iterations=0, time_budget=None, batch_size=32, compile=False, eval_size=16, eval_attack_steps=1,
                         final_limit=16, final_attack_steps=1, final_aa_points=0, out_dir=str(tmp_path),
                         progress=False, device="cpu")
     result = fastadv.train(small, data=fake(cfg.dataset))
