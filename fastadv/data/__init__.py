@@ -104,7 +104,7 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Tru
         raise DataError(f"dataset {name!r} was a torch Dataset given in Python: give it again "
                         f"(fastadv.train(cfg, data=(train, test)), fastadv.data.from_torch(train, test))")
     if name not in DATASETS:
-        raise DataError(unknown_name("dataset", name, DATASETS) + ", folder:PATH")
+        raise DataError(unknown_name("dataset", name, [*DATASETS, f"{FOLDER}PATH"]))
     info = DATASETS[name]
     (xtr, ytr, xte, yte), source = info.loader(search_roots(data_dir), download)
     xtr, xte = to_nchw(xtr, name), to_nchw(xte, name)

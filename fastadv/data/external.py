@@ -173,7 +173,7 @@ def to_uint8(x, *, batched: bool, where: str) -> torch.Tensor:
 def pil_or_array(x, where: str):
     """A PIL image or a numpy array (H x W or H x W x C, as PIL gives) as a C x H x W tensor; else ``x``."""
     if hasattr(x, "convert") and hasattr(x, "mode"):  # a PIL image
-        x = np.asarray(x.convert("L" if x.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"))
+        x = np.array(x.convert("L" if x.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"))  # a writable copy
     if isinstance(x, np.ndarray):
         if x.ndim == 2:
             x = x[:, :, None]
@@ -242,9 +242,13 @@ def check_room(data, first: torch.Tensor, split: str, cls: str, left: int, max_b
 
 
 def too_big(cls: str, max_bytes: int, need: int | None = None) -> str:
-    size = f" ({need / 2**30:.1f} GiB as uint8)" if need else ""
-    return (f"{cls} is too large to hold in memory{size}: fastadv holds datasets of up to {max_bytes / 2**30:g} GiB "
+    size = f" ({amount(need)} as uint8)" if need else ""
+    return (f"{cls} is too large to hold in memory{size}: fastadv holds datasets of up to {amount(max_bytes)} "
             f"(fastadv.data.external.MAX_BYTES) and cannot stream larger ones yet; use a subset or smaller images")
+
+
+def amount(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
 
 
 def class_count(train, classes, ytr: torch.Tensor, yte: torch.Tensor, cls: str) -> int:

@@ -38,9 +38,10 @@ def load_folder(name: str, *, max_bytes: int = MAX_BYTES) -> Dataset:
     for split_dir in (root / "train", test_dir):
         try:
             splits.append(ImageFolder(str(split_dir), loader=open_image))
-        except (FileNotFoundError, OSError, RuntimeError) as exc:
-            raise DataError(f"dataset {name!r}: {split_dir.name}/ holds no class folders with images "
-                            f"({first_line(exc)[:120]}); the layout is {LAYOUT}") from None
+        except (FileNotFoundError, OSError, RuntimeError) as exc:  # no class folders, or one without images
+            why = first_line(exc).split(". Supported")[0].rstrip(".")[:160]
+            raise DataError(f"dataset {name!r}: {split_dir.name}/: {why} (images: .png, .jpg, ...); the layout is "
+                            f"{LAYOUT}") from None
     train, test = splits
     unknown = sorted(set(test.classes) - set(train.classes))
     if unknown:

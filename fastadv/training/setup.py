@@ -218,7 +218,7 @@ def check_config(cfg: TrainConfig, model: nn.Module | None = None) -> None:
     own net, which replaces the registry's. Raises ConfigError with one line.
     """
     if not is_dataset_name(cfg.dataset):
-        raise ConfigError(unknown_name("dataset", cfg.dataset, DATASETS) + ", folder:PATH")
+        raise ConfigError(unknown_name("dataset", cfg.dataset, [*DATASETS, "folder:PATH"]))
     if cfg.method not in METHODS:
         raise ConfigError(unknown_name("method", cfg.method, METHODS))
     if model is None and not is_known(cfg.model):
