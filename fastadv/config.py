@@ -34,7 +34,8 @@ class TrainConfig:
     preset: str | None = option(None, "a preset whose values sit under these (fastadv.presets; fastadv train picks "
                                       "one by dataset); none = off")
     # --- data and model
-    dataset: str = option("mnist", "registry name: see fastadv.data.DATASETS")
+    dataset: str = option("mnist", "registry name (fastadv.data.DATASETS: mnist, fashion-mnist, cifar10, cifar100, svhn, "
+                                   "tiny-imagenet, ...) or folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*)")
     data_dir: str | None = option(None, "looked up first, then $FASTADV_DATA, then ~/.cache/fastadv")
     download: bool = option(True, "torchvision download into ~/.cache/fastadv when nothing is found")
     model: str = option("small-cnn", "a fastadv.models.MODELS name, torchvision:NAME or timm:NAME")
@@ -385,7 +386,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 # Each dataset's standard threat model, used when eps is not given.
-DEFAULT_EPS = {"mnist": 0.3, "digits": 0.3, "fashion-mnist": 0.1, "synthetic": 0.1}
+DEFAULT_EPS = {"mnist": 0.3, "digits": 0.3, "fashion-mnist": 0.1, "synthetic": 0.1,
+               "svhn": 8 / 255, "tiny-imagenet": 8 / 255}  # as CIFAR in the fast-AT papers; other data: 8/255 too
 CIFAR_EPS = 8 / 255
 
 

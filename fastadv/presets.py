@@ -27,6 +27,9 @@ PRESETS: dict[str, tuple[str, str]] = {
                                         "(configs/cifar10-fast.toml)"),
     "cifar100-cpu": ("cifar10-cpu.toml", "cifar10-cpu's recipe on CIFAR-100"),
     "cifar100-gpu": ("cifar10-gpu.toml", "cifar10-gpu's recipe on CIFAR-100"),
+    "svhn-cpu": ("svhn-cpu.toml", "airbench, N-FGSM, eps ramp over the first third, LR 0.05, no flips, 6 epochs "
+                                  "(not measured)"),
+    "tiny-imagenet-cpu": ("tiny-imagenet-cpu.toml", "airbench, N-FGSM, crop+flip, 3 epochs (not measured)"),
 }
 # (dataset, device type) -> preset; a device type not listed takes the "cpu" entry
 BY_DATASET: dict[tuple[str, str], str] = {
@@ -34,6 +37,7 @@ BY_DATASET: dict[tuple[str, str], str] = {
     ("fashion-mnist", "cpu"): "fashion-mnist", ("fashion-mnist", "cuda"): "fashion-mnist",
     ("cifar10", "cpu"): "cifar10-cpu", ("cifar10", "cuda"): "cifar10-gpu",
     ("cifar100", "cpu"): "cifar100-cpu", ("cifar100", "cuda"): "cifar100-gpu",
+    ("svhn", "cpu"): "svhn-cpu", ("tiny-imagenet", "cpu"): "tiny-imagenet-cpu",
 }
 METHOD_FIELDS = ("alpha", "attack_steps", "replays", "noise", "eps_warmup")
 NONE = "none"

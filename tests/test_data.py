@@ -82,7 +82,7 @@ def test_corrupt_file_is_one_clear_line(tmp_path):
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(DataError, match="valid: cifar10, cifar100, digits, fashion-mnist, mnist, synthetic"):
+    with pytest.raises(DataError, match="valid: cifar10, cifar100, digits, fashion-mnist, folder:PATH, mnist, svhn, synthetic, tiny-imagenet"):
         load_dataset("imagenet")
 
 

@@ -9,14 +9,17 @@ torchvision's own on-disk layout. Failing that, torchvision downloads into the c
 from __future__ import annotations
 
 import os
-import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from fastadv.data.dataset import VAL_SEED, Dataset, stratified_pick  # the Dataset and its validation carve
+from fastadv.data.files import NPZ_KEYS, cache_dir, read_npz  # the cache folder, .npz files
+from fastadv.data.external import MAX_BYTES, TORCH, as_dataset, from_torch  # torch Datasets and DataLoaders
+from fastadv.data.folders import FOLDER, load_folder, svhn_loader, tiny_imagenet_loader  # image folders, .mat
 from fastadv.data.batches import (  # the batch half of this package
     BatchStream,
     DataError,
@@ -26,97 +29,6 @@ from fastadv.data.batches import (  # the batch half of this package
     to_float,
 )
 from fastadv.errors import first_line
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Train and test split as uint8 N x C x H x W tensors plus labels (int64)."""
-
-    name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    num_classes: int
-    mean: tuple[float, ...]  # per channel, on [0,1]; used by the model's Normalize layer
-    std: tuple[float, ...]
-    augment: bool  # whether crop+flip is the default for this dataset
-    source: str  # where it was read from (for the run's record)
-    published_train: int | None = None  # size of the published training split (None: no published size)
-    x_val: torch.Tensor | None = None  # the validation split, carved from training (``with_validation``)
-    y_val: torch.Tensor | None = None
-
-    @property
-    def split_note(self) -> str:
-        """'' for a complete training split, else e.g. 'partial training split: 36,947 of 50,000 images'.
-
-        Accuracies trained on a partial split run below published figures; every result says so.
-        """
-        n, full = len(self.y_train) + self.val_size, self.published_train  # the validation split is training data
-        if full is None or n >= full:
-            return ""
-        return f"partial training split: {n:,} of {full:,} images"
-
-    @property
-    def channels(self) -> int:
-        return self.x_train.shape[1]
-
-    @property
-    def size(self) -> int:
-        return self.x_train.shape[2]
-
-    def to(self, device: torch.device | str) -> "Dataset":
-        keys = ("x_train", "y_train", "x_test", "y_test") + (("x_val", "y_val") if self.x_val is not None else ())
-        return replace(self, **{k: getattr(self, k).to(device) for k in keys})
-
-    def limit_train(self, n: int) -> "Dataset":
-        if n <= 0 or n >= len(self.y_train):
-            return self
-        return replace(self, x_train=self.x_train[:n], y_train=self.y_train[:n])
-
-    @property
-    def test_size(self) -> int:
-        return len(self.y_test)
-
-    @property
-    def val_size(self) -> int:
-        return 0 if self.y_val is None else len(self.y_val)
-
-    def with_validation(self, n: int) -> "Dataset":
-        """The dataset with ``n`` training images moved to a validation split (none is trained on).
-
-        Stratified by class (each class gives its share, the rest by the largest remainders), drawn
-        with the fixed ``VAL_SEED`` so every run of a dataset gets the same split, and in a random order,
-        so any prefix is a random sample. At most a fifth of the training split is taken. A dataset that
-        already has a validation split is returned as it is.
-        """
-        if self.x_val is not None:
-            return self
-        idx = stratified_pick(self.y_train, min(n, len(self.y_train) // 5), VAL_SEED)
-        keep = torch.ones(len(self.y_train), dtype=torch.bool, device=self.y_train.device)
-        keep[idx.to(keep.device)] = False
-        idx = idx.to(self.y_train.device)
-        return replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep],
-                       x_val=self.x_train[idx], y_val=self.y_train[idx])
-
-
-VAL_SEED = 0  # the validation split of a dataset is the same for every run and seed
-
-
-def stratified_pick(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """``n`` indices of ``y`` (CPU int64, in random order), each class in proportion to its count."""
-    generator = torch.Generator().manual_seed(seed)
-    y = y.cpu()
-    classes, counts = torch.unique(y, return_counts=True)
-    share = counts.double() * n / max(len(y), 1)
-    quota = share.floor().long()
-    extra = n - int(quota.sum())
-    if extra > 0:  # the largest remainders get one more
-        quota[torch.argsort(share - quota, descending=True, stable=True)[:extra]] += 1
-    order = torch.randperm(len(y), generator=generator)
-    picked = [order[y[order] == c][:int(q)] for c, q in zip(classes.tolist(), quota.tolist())]
-    chosen = torch.cat(picked) if picked else torch.zeros(0, dtype=torch.long)
-    return chosen[torch.randperm(len(chosen), generator=generator)]
 
 
 # ----------------------------------------------------------------------------- registry
@@ -146,6 +58,11 @@ def unknown_name(kind: str, name: str, valid) -> str:
     return f"unknown {kind} {name!r} (valid: {', '.join(sorted(valid))})"
 
 
+def is_dataset_name(name: str) -> bool:
+    """A registered name, ``folder:PATH`` or ``torch:NAME`` (data given in Python, recorded by its class)."""
+    return name in DATASETS or (name.startswith((FOLDER, TORCH)) and len(name.split(":", 1)[1]) > 0)
+
+
 def search_roots(data_dir: str | os.PathLike | None) -> list[Path]:
     """Directories searched for files, in order: data_dir, $FASTADV_DATA, the cache."""
     roots = [data_dir, os.environ.get("FASTADV_DATA") or None, cache_dir()]
@@ -160,16 +77,13 @@ def search_roots(data_dir: str | os.PathLike | None) -> list[Path]:
     return out
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastadv"
-
-
 def load_dataset(name: str, data_dir: str | None = None, *, download: bool = True,
                  device: torch.device | str = "cpu") -> Dataset:
     """Find, read and check a dataset; raises ``DataError`` with one line on failure.
 
     Arguments:
-        name (str): ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``, ``digits`` or ``synthetic``.
+        name (str): ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``, ``svhn``, ``tiny-imagenet``,
+            ``digits``, ``synthetic``, or ``folder:PATH`` (``PATH/train/<class>/*``, ``PATH/test/<class>/*``).
         data_dir (str, optional): looked in first, then ``$FASTADV_DATA``, then ``~/.cache/fastadv``
             (``<name>.npz`` or torchvision's layout).
         download (bool): a torchvision download into the cache when nothing is found. (Default: True)
@@ -184,8 +98,13 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Tru
 
         data = fastadv.load_dataset("cifar10")
     """
+    if name.startswith(FOLDER):
+        return load_folder(name).to(device)
+    if name.startswith(TORCH):
+        raise DataError(f"dataset {name!r} was a torch Dataset given in Python: give it again "
+                        f"(fastadv.train(cfg, data=(train, test)), fastadv.data.from_torch(train, test))")
     if name not in DATASETS:
-        raise DataError(unknown_name("dataset", name, DATASETS))
+        raise DataError(unknown_name("dataset", name, [*DATASETS, f"{FOLDER}PATH"]))
     info = DATASETS[name]
     (xtr, ytr, xte, yte), source = info.loader(search_roots(data_dir), download)
     xtr, xte = to_nchw(xtr, name), to_nchw(xte, name)
@@ -225,22 +144,6 @@ def check_arrays(name, source, xtr, ytr, xte, yte, num_classes) -> None:
 
 
 # ----------------------------------------------------------------------------- file loaders
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-
-
-def read_npz(path: Path) -> tuple[np.ndarray, ...]:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in NPZ_KEYS if k not in f.files]
-            if missing:
-                raise DataError(f"{path} lacks array(s) {', '.join(missing)} (needs {', '.join(NPZ_KEYS)})")
-            return tuple(f[k] for k in NPZ_KEYS)
-    except DataError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"cannot read {path}: {first_line(exc)}") from None
-
-
 def torchvision_loader(name: str, tv_class: str, layout: str):
     """Loader reading ``<name>.npz`` or torchvision's layout, downloading into the cache last."""
 
@@ -292,6 +195,16 @@ register_dataset("cifar10", num_classes=10, augment=True, description="CIFAR-10,
                  published_train=50000, **CIFAR10_STATS)(torchvision_loader("cifar10", "CIFAR10", "cifar-10-batches-py"))
 register_dataset("cifar100", num_classes=100, augment=True, description="CIFAR-100, 32x32 RGB",
                  published_train=50000, **CIFAR100_STATS)(torchvision_loader("cifar100", "CIFAR100", "cifar-100-python"))
+
+
+# SVHN: no crop+flip (flips turn digits into others; GradAlign crops without flipping, fastadv has crop+flip as
+# one switch); Tiny-ImageNet: crop+flip as CIFAR. Normalization: the usual published per-channel figures.
+register_dataset("svhn", num_classes=10, augment=False, mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970),
+                 description="SVHN street-view digits, 32x32 RGB (train and test, not extra)",
+                 published_train=73257)(svhn_loader)
+register_dataset("tiny-imagenet", num_classes=200, augment=True, mean=(0.4802, 0.4481, 0.3975),
+                 std=(0.2302, 0.2265, 0.2262), description="Tiny-ImageNet, 200 classes, 64x64 RGB (val as test)",
+                 published_train=100000)(tiny_imagenet_loader)
 
 
 @register_dataset("digits", num_classes=10, augment=False, mean=(0.3,), std=(0.4,),

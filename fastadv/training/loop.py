@@ -25,7 +25,7 @@ from torch import nn
 
 from fastadv.config import ConfigError, TrainConfig
 from fastadv.core import distributed, perf
-from fastadv.data import Dataset
+from fastadv.data import Dataset, as_dataset
 from fastadv.evaluation import AALite, AttackSpec, evaluate_distributed
 from fastadv.models.store import save_weights
 from fastadv.training.checkpoint import (
@@ -63,13 +63,16 @@ class RunResult:
     config: TrainConfig
 
 
-def train(config: TrainConfig | dict | None = None, *, data: Dataset | None = None, model: nn.Module | None = None,
-          resume: str | Path | None = None) -> RunResult:
+def train(config: TrainConfig | dict | None = None, *, data: Dataset | tuple | None = None,
+          model: nn.Module | None = None, resume: str | Path | None = None) -> RunResult:
     """Train as ``config`` says and write a run directory.
 
     Arguments:
         config: a ``TrainConfig`` or a dict of its fields (``{"preset": "cifar10-cpu"}`` takes a preset).
-        data: a ``fastadv.data.Dataset`` to use instead of loading ``config.dataset``.
+        data: a ``fastadv.data.Dataset`` to use instead of loading ``config.dataset``, or a ``(train, test)`` pair
+            of torch Datasets or DataLoaders of ``(image, label)`` (images in [0, 1] or uint8, or PIL), read once
+            into memory (``fastadv.data.from_torch``: up to 4 GiB as uint8); the run's dataset is then named
+            ``torch:<ClassName>`` and eps defaults to 8/255.
         model: one's own ``nn.Module`` (takes normalized input, returns logits); the run's Normalize
             layer goes in front of it. Reload it with ``fastadv.load_model(run_dir, model=...)``.
         resume: an unfinished run directory (killed, interrupted: no summary.json); training goes on
@@ -83,6 +86,9 @@ def train(config: TrainConfig | dict | None = None, *, data: Dataset | None = No
     cfg = resume_config(resume, config) if resume is not None else (
         config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config))
     check_config(cfg, model)
+    if data is not None and not isinstance(data, Dataset):  # torch Datasets / DataLoaders -> fastadv's Dataset
+        data = as_dataset(data)
+        cfg = cfg.replace(dataset=data.name)
     with distributed.session(perf.resolve_device(cfg.device)):  # torchrun: one process per device
         return run(cfg, data, model, resume)
 

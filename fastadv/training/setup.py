@@ -26,6 +26,7 @@ from fastadv.data import (
     BatchStream,
     Dataset,
     batches_per_epoch,
+    is_dataset_name,
     load_dataset,
     unknown_name,
 )
@@ -287,9 +288,10 @@ def check_config(cfg: TrainConfig, model: nn.Module | None = None) -> None:
     own arguments (e.g. wide-resnet depth), and that a given ``data_dir`` exists. ``model``: one's
     own net, which replaces the registry's. Raises ConfigError with one line.
     """
-    for kind, name, registry in (("dataset", cfg.dataset, DATASETS), ("method", cfg.method, METHODS)):
-        if name not in registry:
-            raise ConfigError(unknown_name(kind, name, registry))
+    if not is_dataset_name(cfg.dataset):
+        raise ConfigError(unknown_name("dataset", cfg.dataset, [*DATASETS, "folder:PATH"]))
+    if cfg.method not in METHODS:
+        raise ConfigError(unknown_name("method", cfg.method, METHODS))
     if model is None and not is_known(cfg.model):
         raise ConfigError(unknown_name("model", cfg.model, MODELS) + " or torchvision:NAME, timm:NAME")
     method_settings(cfg)
