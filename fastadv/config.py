@@ -233,8 +233,7 @@ class TrainConfig:
         return self
 
 
-AVERAGES = ("none", "ema", "swa")  # fastadv.training.averaging
-KEEPS = ("last", "best")
+AVERAGES, KEEPS = ("none", "ema", "swa"), ("last", "best")  # fastadv.training.averaging
 OPTIMIZERS = ("sgd", "adam", "adamw")  # and torch:NAME (fastadv.training.setup.make_optimizer)
 OUTSIDE_OPTIMIZER = re.compile(r"torch:[A-Za-z_]\w*")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # fastadv.core.precision: autocast dtypes, auto = by device
@@ -261,18 +260,15 @@ def parse_number(text: str) -> float:
 
 
 DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h)?\s*", re.IGNORECASE)
-UNIT_SECONDS = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+UNIT_SECONDS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
 
 def parse_duration(text: str) -> float | None:
     """'10m' -> 600.0, '90s' / '90' -> 90.0, '1.5h' -> 5400.0, 'none' -> None; ConfigError otherwise."""
-    if text.strip().lower() in ("", "none", "null", "off"):
-        return None
     match = DURATION.fullmatch(text)
-    if match is None:
+    if match is None and text.strip().lower() not in ("", "none", "null", "off"):
         raise ConfigError(f"time_budget expects seconds or a duration such as 10m, 90s or 1h, got {text!r}")
-    unit = match.group(2).lower() if match.group(2) else None
-    return float(match.group(1)) * UNIT_SECONDS[unit]
+    return None if match is None else float(match.group(1)) * UNIT_SECONDS[(match.group(2) or "s").lower()]
 
 
 def coerce(key: str, value: Any, hint: Any) -> Any:
