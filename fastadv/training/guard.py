@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastadv import presets
 from fastadv.config import TrainConfig
 from fastadv.core.methods import METHODS, StepContext
 from fastadv.training.checkpoint import (
@@ -120,7 +121,8 @@ def robustness_collapse(cfg: TrainConfig, eps: float, checks: list, progress: fl
     best = max(checks, key=lambda c: c.robust_acc)
     if best.robust_acc >= COLLAPSE_FLOOR * chance or best.clean_acc <= chance + NOT_LEARNING_MARGIN:
         return None
+    preset = (f", or the dataset's preset (fastadv train --dataset {cfg.dataset})"
+              if presets.preset_for(cfg.dataset, "cpu") else "")
     return (f"robustness collapsed: validation robust accuracy {best.robust_acc:.3f} (PGD at eps {eps:.4g}) with clean "
             f"accuracy {best.clean_acc:.3f} after {progress:.0%} of the budget: catastrophic overfitting from the "
-            f"start; try a smaller alpha, an eps warm-up (eps_warmup), a multi-step method, or the dataset's preset "
-            f"(fastadv train --dataset {cfg.dataset})")
+            f"start; try a smaller alpha, an eps warm-up (eps_warmup), a multi-step method{preset}")

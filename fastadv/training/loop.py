@@ -122,9 +122,7 @@ def run(cfg: TrainConfig, data: Dataset | None, model: nn.Module | None, resume:
                     s.loop.train_seconds += timer.lap()
                     totals = finite_totals(s, saver.last)
                     if at_check:
-                        t_check = time.perf_counter()
                         reason = check(totals)
-                        s.loop.check_seconds += time.perf_counter() - t_check
                         if reason:
                             saver.save()
                             raise NotLearning(reason)
@@ -209,7 +207,7 @@ class HeldOut:
                                     seed=self.s.cfg.seed)
 
     def __call__(self, totals: list[float]) -> str | None:
-        s, loop = self.s, self.s.loop
+        s, loop, t = self.s, self.s.loop, time.perf_counter()
         result = self.evaluate(s.model)
         averaged = None
         if s.averager is not None and s.averager.started:
@@ -233,6 +231,7 @@ class HeldOut:
         s.mom_fn.observe(s.ctx.iteration, metrics)
         loop.reset_sums()
         loop.next_eval += s.eval_every
+        loop.check_seconds += time.perf_counter() - t
         return not_learning(s.cfg, result, loop.mb_done / s.minibatches, s.ctx.iteration, s.data.num_classes)
 
 
