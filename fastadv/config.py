@@ -380,7 +380,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 # Each dataset's standard threat model, used when eps is not given.
 DEFAULT_EPS = {"mnist": 0.3, "digits": 0.3, "fashion-mnist": 0.1, "synthetic": 0.1}
 CIFAR_EPS = 8 / 255
-# L2 radii with a convention: CIFAR-10 0.5 (RobustBench; CIFAR-100 alike), MNIST 2.0 (Tramer & Boneh 2019, Maini et al. 2020); no others.
+# L2 radii with a convention: CIFAR-10 0.5 (RobustBench; CIFAR-100 alike), MNIST 2.0 (Maini et al. 2020)
 DEFAULT_EPS_L2 = {"mnist": 2.0, "cifar10": 0.5, "cifar100": 0.5}
 
 
