@@ -50,7 +50,9 @@ class TrainConfig:
     method: str = option("free", "a training method: fastadv train --help lists them (fastadv.core.methods.METHODS)")
     method_args: str = option("", "the method's own settings as key=value,... (e.g. grad-align: lam=0.2); "
                                   "fastadv train --help lists each method's")
-    eps: float | None = option(None, "L-inf radius; None = dataset standard (MNIST 0.3, CIFAR 8/255)")
+    norm: str = option("linf", "threat model of training and evaluation: linf | l2")
+    eps: float | None = option(None, "radius in the norm; None = dataset standard (L-inf: MNIST 0.3, CIFAR 8/255; L2: "
+                                     "MNIST 2.0, CIFAR 0.5)")
     alpha: float | None = option(None, "attack step; None = method default (free, fgsm, n-fgsm: eps; fgsm-rs: 1.25 "
                                        "eps)")
     replays: int = option(8, "Free-m's m: times each minibatch is replayed")
@@ -177,7 +179,9 @@ class TrainConfig:
             if hints[f.name] in (int, int | None) and not INT_MIN <= value <= INT_MAX:
                 raise ConfigError(f"{f.name} is out of range, got {value}")
         checks = [
-            (self.eps is None or 0.0 <= self.eps <= 1.0, f"eps must be in [0, 1], got {self.eps}"),
+            (self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}"),
+            (self.eps is None or 0.0 <= self.eps <= (1.0 if self.norm == "linf" else math.inf),
+             f"eps must be in [0, 1] for L-inf (>= 0 for L2), got {self.eps}"),
             (self.alpha is None or self.alpha > 0, f"alpha must be > 0, got {self.alpha}"),
             (self.final_alpha is None or self.final_alpha > 0,
              f"final_alpha must be > 0, got {self.final_alpha}"),
@@ -233,7 +237,7 @@ class TrainConfig:
         return self
 
 
-AVERAGES, KEEPS = ("none", "ema", "swa"), ("last", "best")  # fastadv.training.averaging
+AVERAGES, KEEPS, NORMS = ("none", "ema", "swa"), ("last", "best"), ("linf", "l2")  # training.averaging, core.norms
 OPTIMIZERS = ("sgd", "adam", "adamw")  # and torch:NAME (fastadv.training.setup.make_optimizer)
 OUTSIDE_OPTIMIZER = re.compile(r"torch:[A-Za-z_]\w*")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # fastadv.core.precision: autocast dtypes, auto = by device
@@ -319,14 +323,17 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
 
 
 def with_preset(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` over the preset they name (``fastadv.presets``); ConfigError for an unknown preset."""
+    """``values`` over the preset they name (``fastadv.presets``); ConfigError for an unknown preset. A preset's
+    radii (eps, alpha, final_alpha) are in its norm: under another norm they are dropped unless ``values`` give them."""
     from fastadv import presets
 
     name = values.get("preset")
     if name is not None and not isinstance(name, str):
         raise ConfigError(f"preset expects a string, got {name!r}")
     try:
-        return presets.apply(values)
+        merged = presets.apply(values)
+        other = name not in (None, "none") and merged.get("norm", "linf") != presets.load(name).get("norm", "linf")
+        return {k: v for k, v in merged.items() if not other or k in values or k not in ("eps", "alpha", "final_alpha")}
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -381,17 +388,4 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-# Each dataset's standard threat model, used when eps is not given.
-DEFAULT_EPS = {"mnist": 0.3, "digits": 0.3, "fashion-mnist": 0.1, "synthetic": 0.1,
-               "svhn": 8 / 255, "tiny-imagenet": 8 / 255}  # as CIFAR in the fast-AT papers; other data: 8/255 too
-CIFAR_EPS = 8 / 255
-
-
-def resolve_eps(cfg: TrainConfig) -> float:
-    """The attack radius of a run: the config's, else the dataset's standard one."""
-    if cfg.eps is not None:
-        return cfg.eps
-    return DEFAULT_EPS.get(cfg.dataset, CIFAR_EPS)
-
-
-__all__ = ["TrainConfig", "ConfigError", "parse_number", "read_config_file", "resolve_eps"]
+__all__ = ["NORMS", "TrainConfig", "ConfigError", "parse_number", "read_config_file"]

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fastadv"
 # lowest first; a module belongs to the first layer one of whose prefixes it starts with
 LAYERS = [
     ("errors, io", ("fastadv.errors", "fastadv.io", "fastadv.stats", "fastadv._version")),
-    ("config", ("fastadv.config", "fastadv.specs", "fastadv.presets", "fastadv.naming")),
+    ("config", ("fastadv.config", "fastadv.specs", "fastadv.presets", "fastadv.naming", "fastadv.threat")),
     ("data, models", ("fastadv.data", "fastadv.models")),
     ("core", ("fastadv.core",)),
     ("evaluation", ("fastadv.evaluation",)),

@@ -90,7 +90,7 @@ def test_evaluate_refuses_contradictory_attack_arguments(small):
 def test_default_eps_is_the_datasets(synthetic, briefly_trained):
     """Without eps an attack named by a string takes the dataset's standard radius (as training does),
     CIFAR's 8/255 included, not 0.3 for all."""
-    from fastadv.config import DEFAULT_EPS
+    from fastadv.threat import DEFAULT_EPS
     from fastadv.evaluation.spec import spec_from
 
     assert spec_from("pgd", dataset="cifar10").eps == pytest.approx(8 / 255)

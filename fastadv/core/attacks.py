@@ -1,7 +1,7 @@
-"""L-inf attacks as plain functions of (model, x, y).
+"""Attacks as plain functions of (model, x, y), in the L-inf or the L2 threat model (``norm``).
 
-Contract: inputs in [0,1]; the result ``x_adv`` satisfies ``|x_adv - x| <= eps`` and
-``x_adv in [0,1]``. Gradients are taken with ``torch.autograd.grad`` with respect to the
+Contract: inputs in [0,1]; the result ``x_adv`` satisfies ``|x_adv - x| <= eps`` in the attack's norm
+(``"linf"``, the default, or ``"l2"``, per example; ``fastadv.core.norms``) and ``x_adv in [0,1]``. Gradients are taken with ``torch.autograd.grad`` with respect to the
 perturbation only, so parameter ``.grad`` is never touched, and ``model.training`` is
 left as the caller set it (training-time attacks run in train mode, evaluation in eval).
 
@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from fastadv.core.norms import check_norm, project, steepest, uniform_ball
 from fastadv.errors import UserError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, y) -> per-example loss
@@ -42,12 +43,6 @@ def cw_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 LOSSES: dict[str, LossFn] = {"ce": ce_loss, "cw": cw_loss}
 
 
-def project(x: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
-    """Clip delta to the eps-ball, then so that x + delta stays in [0,1]."""
-    delta = delta.clamp(-eps, eps)
-    return (x + delta).clamp(0.0, 1.0) - x
-
-
 def feasible_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel bounds (lo, hi) on delta: the eps-ball intersected with x + delta in [0,1].
 
@@ -56,10 +51,10 @@ def feasible_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tenso
     return (-x).clamp(min=-eps), (1.0 - x).clamp(max=eps)
 
 
-def random_delta(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform start in [-eps, eps], projected so x + delta is in [0,1]."""
-    noise = torch.rand(x.shape, generator=generator, device=x.device if generator is None else generator.device)
-    return project(x, (noise.to(x.device, x.dtype) * 2 - 1) * eps, eps)
+def random_delta(x: torch.Tensor, eps: float, generator: torch.Generator | None = None,
+                 norm: str = "linf") -> torch.Tensor:
+    """Uniform start in the eps-ball of ``norm`` (L-inf: U[-eps, eps] per pixel), projected so x + delta is in [0,1]."""
+    return project(x, uniform_ball(x, eps, norm, generator), eps, norm)
 
 
 def input_gradient(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor,
@@ -75,22 +70,25 @@ def input_gradient(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor,
 
 def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float,
         steps: int, restarts: int = 1, random_start: bool = True, loss: str = "ce",
-        generator: torch.Generator | None = None) -> torch.Tensor:
-    """Projected gradient descent (L-inf; Madry et al. 2018) from ``x``: the adversarial images.
+        generator: torch.Generator | None = None, norm: str = "linf") -> torch.Tensor:
+    """Projected gradient descent (Madry et al. 2018) from ``x``, in L-inf or L2: the adversarial images.
 
-    Every example takes all ``steps`` signed-gradient steps of size ``alpha`` (no early stop). With
+    Every example takes all ``steps`` steps of size ``alpha`` (no early stop): L-inf, signed-gradient steps
+    and a clamp; L2, steps along the gradient scaled to unit L2 norm, then the perturbation scaled back onto
+    the eps-ball and clipped to [0,1] (as torchattacks' PGDL2). With
     several ``restarts`` the per-example worst case is kept: a misclassifying perturbation beats one
     that is not, and among equals the higher loss wins. At ``eps = 0`` (or no steps) the result is
     ``x`` clipped to [0,1] with no work and no random numbers drawn.
 
     Arguments:
         model (nn.Module): takes [0,1] images, returns logits; its mode (train/eval) is left as it is.
-        eps (float): L-inf radius in pixel units, e.g. ``8/255``.
-        alpha (float): step size (the thesis' PGD-20: eps/4).
+        eps (float): radius in pixel units, e.g. ``8/255`` (L-inf) or ``0.5`` (L2).
+        alpha (float): step size, in the same norm (the thesis' PGD-20: eps/4).
         steps (int): iterations. restarts (int): random restarts, worst case kept. (Default: 1)
-        random_start (bool): start from U[-eps, eps] (Default: True), else from x.
+        random_start (bool): start uniformly in the eps-ball (Default: True), else from x.
         loss (str): ``"ce"`` or ``"cw"`` (Carlini-Wagner margin). (Default: ``"ce"``)
         generator (torch.Generator, optional): for the random starts.
+        norm (str): ``"linf"`` or ``"l2"``. (Default: ``"linf"``)
 
     Shape:
         - x: :math:`(N, C, H, W)` in [0, 1]; y: :math:`(N)` class indices.
@@ -99,18 +97,23 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     Example::
 
         x_adv = fastadv.pgd(model, x, y, eps=8/255, alpha=2/255, steps=20)
+        x_adv = fastadv.pgd(model, x, y, eps=0.5, alpha=0.125, steps=20, norm="l2")
     """
+    check_norm(norm)
     if eps == 0 or steps == 0:
         return x.detach().clamp(0.0, 1.0)
     loss_fn = LOSSES[loss]
-    lo, hi = feasible_box(x, eps)
+    lo, hi = feasible_box(x, eps) if norm == "linf" else (None, None)
     view = (-1, *([1] * (x.dim() - 1)))
     best_delta = None
     for _ in range(restarts):
-        delta = random_delta(x, eps, generator) if random_start else torch.zeros_like(x)
+        delta = random_delta(x, eps, generator, norm) if random_start else torch.zeros_like(x)
         for _ in range(steps):
             grad, _, _ = input_gradient(model, x, delta, y, loss_fn)
-            delta = torch.clamp(delta.add(grad.sign(), alpha=alpha), lo, hi)  # step, then project: 3 ops
+            if norm == "linf":
+                delta = torch.clamp(delta.add(grad.sign(), alpha=alpha), lo, hi)  # step, then project: 3 ops
+            else:
+                delta = project(x, delta.add(steepest(grad, norm), alpha=alpha), eps, norm)
         if restarts == 1:
             best_delta = delta  # nothing to compare: skip the extra forward pass
             break
@@ -129,13 +132,17 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
 
 def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
          alpha: float | None = None, random_start: bool = False, loss: str = "ce",
-         generator: torch.Generator | None = None) -> torch.Tensor:
+         generator: torch.Generator | None = None, norm: str = "linf") -> torch.Tensor:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size ``alpha`` from x (or a random start).
+
+    In L2 it is the fast gradient method: one step along the gradient scaled to unit L2 norm, then the
+    perturbation projected onto the eps-ball and [0,1].
 
     Arguments:
         model (nn.Module): takes [0,1] images, returns logits.
-        eps (float): L-inf radius. alpha (float, optional): the step. (Default: eps)
-        random_start (bool): from U[-eps, eps] (FGSM-RS, Wong et al. 2020). (Default: False)
+        eps (float): radius. alpha (float, optional): the step. (Default: eps)
+        random_start (bool): from uniform in the eps-ball (FGSM-RS, Wong et al. 2020). (Default: False)
+        norm (str): ``"linf"`` or ``"l2"``. (Default: ``"linf"``)
 
     Shape:
         - x: :math:`(N, C, H, W)` in [0, 1]; y: :math:`(N)`; output like x.
@@ -145,7 +152,7 @@ def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         x_adv = fastadv.fgsm(model, x, y, eps=8/255)
     """
     return pgd(model, x, y, eps=eps, alpha=eps if alpha is None else alpha, steps=1, restarts=1,
-               random_start=random_start, loss=loss, generator=generator)
+               random_start=random_start, loss=loss, generator=generator, norm=norm)
 
 
 def n_fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float | None = None,
@@ -169,6 +176,12 @@ def n_fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: flo
 
 # ----------------------------------------------------------------------------- AutoAttack
 AUTOATTACK_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")  # the standard version's attacks, in order
+OUTSIDE_NORMS = {"linf": "Linf", "l2": "L2"}  # pyautoattack's names of the norms
+
+
+def outside_norm(norm: str) -> str:
+    """pyautoattack's name of ``norm`` ("Linf", "L2"); ValueError for an unknown norm."""
+    return OUTSIDE_NORMS[check_norm(norm)]
 
 
 class MissingDependency(UserError, ImportError):
@@ -216,8 +229,8 @@ def outside_seed(generator: torch.Generator | None) -> int:
 
 def autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                generator: torch.Generator | None = None, version: str = "standard",
-               log: Callable[[str], None] | None = None) -> torch.Tensor:
-    """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; L-inf) from ``pyautoattack``: x_adv.
+               log: Callable[[str], None] | None = None, norm: str = "linf") -> torch.Tensor:
+    """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; L-inf or L2) from ``pyautoattack``: x_adv.
 
     Points that the model already misclassifies are returned unchanged (AutoAttack's rule);
     the seed of its random starts is drawn from ``generator``. ``log`` receives its progress.
@@ -225,7 +238,7 @@ def autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps:
     pyautoattack = require_pyautoattack()
     seed = outside_seed(generator)
     with autoattack_progress(log), keep_global_rng(x.device):
-        adversary = pyautoattack.AutoAttack(model, eps=eps, norm="Linf", version=version, seed=seed,
+        adversary = pyautoattack.AutoAttack(model, eps=eps, norm=outside_norm(norm), version=version, seed=seed,
                                             device=x.device)
         x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(x))
     return x_adv.detach()
@@ -240,7 +253,7 @@ def keep_global_rng(device: torch.device) -> Iterator[None]:
 
 
 def apgd_ce(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 100,
-            restarts: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+            restarts: int = 1, generator: torch.Generator | None = None, norm: str = "linf") -> torch.Tensor:
     """APGD with the cross-entropy loss (Croce & Hein 2020), ``pyautoattack``'s implementation: x_adv.
 
     ``steps`` iterations (AutoAttack standard: 100) and ``restarts`` (standard: 1). Points the
@@ -248,13 +261,14 @@ def apgd_ce(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
     """
     pyautoattack = require_pyautoattack()
     with keep_global_rng(x.device):
-        attack = pyautoattack.autopgd_base.APGDAttack(model, n_iter=steps, norm="Linf", n_restarts=restarts, eps=eps,
-                                                      seed=outside_seed(generator), loss="ce", device=x.device)
+        attack = pyautoattack.autopgd_base.APGDAttack(model, n_iter=steps, norm=outside_norm(norm), n_restarts=restarts,
+                                                      eps=eps, seed=outside_seed(generator), loss="ce", device=x.device)
         return attack.perturb(x, y).detach()
 
 
 def apgd_t(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 100,
-           restarts: int = 1, targets: int = 9, generator: torch.Generator | None = None) -> torch.Tensor:
+           restarts: int = 1, targets: int = 9, generator: torch.Generator | None = None,
+           norm: str = "linf") -> torch.Tensor:
     """Targeted APGD on the DLR loss against the ``targets`` most likely wrong classes (``pyautoattack``): x_adv.
 
     AutoAttack standard uses 9 targets (every other CIFAR-10 class) and 100 iterations; the run
@@ -265,13 +279,13 @@ def apgd_t(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: flo
         with torch.no_grad():
             classes = model(x[:1]).shape[1]
         attack = pyautoattack.autopgd_base.APGDAttack_targeted(
-            model, n_iter=steps, norm="Linf", n_restarts=restarts, eps=eps, seed=outside_seed(generator),
+            model, n_iter=steps, norm=outside_norm(norm), n_restarts=restarts, eps=eps, seed=outside_seed(generator),
             n_target_classes=max(1, min(targets, classes - 1)), device=x.device)
         return attack.perturb(x, y).detach()
 
 
 def square(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 5000,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+           generator: torch.Generator | None = None, norm: str = "linf") -> torch.Tensor:
     """Square Attack (Andriushchenko et al. 2020), black-box: random square updates, ``steps`` queries (``pyautoattack``).
 
     It uses no gradients, so a model whose gradients are masked (quantized inputs, saturated outputs)
@@ -280,7 +294,7 @@ def square(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: flo
     """
     pyautoattack = require_pyautoattack()
     with keep_global_rng(x.device):
-        attack = pyautoattack.square.SquareAttack(model, norm="Linf", n_queries=steps, eps=eps, p_init=0.8,
+        attack = pyautoattack.square.SquareAttack(model, norm=outside_norm(norm), n_queries=steps, eps=eps, p_init=0.8,
                                                   n_restarts=1, seed=outside_seed(generator), device=x.device,
                                                   resc_schedule=steps < 5000)
         return attack.perturb(x, y).detach()
@@ -295,6 +309,11 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
 
 
+def ball(spec) -> str:
+    """The radius as reports quote it: 'eps=0.3' (L-inf, the default) or 'L2 eps=0.5'."""
+    return ("" if spec.norm == "linf" else "L2 ") + f"eps={spec.eps:.4g}"
+
+
 @dataclass(frozen=True)
 class Attack:
     """One registered attack and the facts evaluation and the sanity checks need about it.
@@ -302,10 +321,10 @@ class Attack:
     ``describe(spec)`` is the line reports quote and ``short(spec)`` a table label (``spec``: an
     ``fastadv.evaluation.AttackSpec``); ``default_alpha(eps)`` the step when none is given (None:
     the attack sets its own); ``outside``: run as its authors wrote it (``pyautoattack``), so the
-    sanity checks do not probe it; ``pgd_like``: steps and restarts of a signed-gradient L-inf attack
+    sanity checks do not probe it; ``pgd_like``: steps and restarts of a steepest-ascent attack
     (the ``steps-monotone`` and ``pgd-vs-fgsm`` checks apply); ``record``: fixed facts added to the spec's record (``AttackSpec.to_dict``); ``curve``: the eps
     curve's label of the attack without its eps. ``takes``: the spec's fields the attack is called
-    with, besides ``eps`` and ``generator`` which every attack takes (``arguments``: the keywords
+    with, besides ``eps``, ``norm`` and ``generator`` which every attack takes (``arguments``: the keywords
     of one call); ``log`` among them sends it the evaluation's progress log.
     """
 
@@ -330,38 +349,39 @@ class Attack:
         (alpha resolved to the attack's default step), nothing else."""
         values = {"alpha": spec.resolved_alpha(), "steps": spec.steps, "restarts": spec.restarts,
                   "random_start": spec.random_start, "loss": spec.loss, "targets": spec.targets, "log": log}
-        return {"eps": spec.eps, "generator": generator, **{name: values[name] for name in self.takes}}
+        return {"eps": spec.eps, "norm": spec.norm, "generator": generator,
+                **{name: values[name] for name in self.takes}}
 
 
 ATTACKS: dict[str, Attack] = {
     "pgd": Attack(
         pgd, pgd_like=True, default_alpha=lambda eps: eps / 4,
         takes=("alpha", "steps", "restarts", "random_start", "loss"),
-        describe=lambda s: (f"PGD-{s.steps} ({plural(s.restarts, 'restart')}, eps={s.eps:.4g}, "
+        describe=lambda s: (f"PGD-{s.steps} ({plural(s.restarts, 'restart')}, {ball(s)}, "
                             f"alpha={s.resolved_alpha():.4g}, {s.loss} loss)"),
         short=lambda s: f"PGD-{s.steps}x{s.restarts}",
         curve=lambda s: (f"PGD-{s.steps}, {plural(s.restarts, 'restart')}, step "
                          + ("eps/4" if s.alpha is None else f"{s.alpha / s.eps:.3g} eps" if s.eps else f"{s.alpha:.3g}")
-                         + f", {s.loss} loss")),
-    "fgsm": Attack(fgsm, takes=("alpha", "loss"), default_alpha=lambda eps: eps, describe=lambda s: f"FGSM (eps={s.eps:.4g})",
-                   short=lambda s: "FGSM", curve=lambda s: "FGSM, step eps"),
+                         + f", {s.loss} loss" + ("" if s.norm == "linf" else ", L2"))),
+    "fgsm": Attack(fgsm, takes=("alpha", "loss"), default_alpha=lambda eps: eps, describe=lambda s: f"FGSM ({ball(s)})",
+                   short=lambda s: "FGSM", curve=lambda s: "FGSM, step eps" + ("" if s.norm == "linf" else ", L2")),
     "apgd-ce": Attack(
         apgd_ce, outside=True, takes=("steps", "restarts"),
-        describe=lambda s: f"APGD-CE ({s.steps} iterations, {plural(s.restarts, 'restart')}, eps={s.eps:.4g}; pyautoattack)",
+        describe=lambda s: f"APGD-CE ({s.steps} iterations, {plural(s.restarts, 'restart')}, {ball(s)}; pyautoattack)",
         short=lambda s: "APGD-CE"),
     "apgd-t": Attack(
         apgd_t, outside=True, takes=("steps", "restarts", "targets"),
         describe=lambda s: (f"APGD-T ({s.steps} iterations, {plural(s.targets, 'target class')}, "
-                            f"eps={s.eps:.4g}; pyautoattack)"),
+                            f"{ball(s)}; pyautoattack)"),
         short=lambda s: f"APGD-T{s.targets}"),
     "square": Attack(
         square, outside=True, takes=("steps",),
-        describe=lambda s: f"Square ({s.steps} queries, eps={s.eps:.4g}; pyautoattack, black-box)",
+        describe=lambda s: f"Square ({s.steps} queries, {ball(s)}; pyautoattack, black-box)",
         short=lambda s: f"Square-{s.steps}"),
     "autoattack": Attack(
         autoattack, outside=True, takes=("log",),
-        record={"version": "standard", "attacks": list(AUTOATTACK_STANDARD), "norm": "Linf", "package": "pyautoattack"},
-        describe=lambda s: f"AutoAttack standard ({', '.join(a.upper() for a in AUTOATTACK_STANDARD)}; eps={s.eps:.4g})",
+        record={"version": "standard", "attacks": list(AUTOATTACK_STANDARD), "package": "pyautoattack"},
+        describe=lambda s: f"AutoAttack standard ({', '.join(a.upper() for a in AUTOATTACK_STANDARD)}; {ball(s)})",
         short=lambda s: "AutoAttack"),
 }
 

@@ -7,8 +7,9 @@ iteration first. Statistics stay on the device (no host syncs).
 
 Each method declares its facts once, in ``register_method``: optimizer steps and forward-backward
 computations per minibatch (standard 1, free m, fgsm-rs / fgsm / n-fgsm 2, pgd K+1), its default
-attack step, whether it is a single-step method (prone to catastrophic overfitting), its own settings
-and how far from x its training inputs may lie. The methods from the fast-AT literature (GradAlign,
+attack step, whether it is a single-step method (prone to catastrophic overfitting), its own settings,
+how far from x its training inputs may lie and the threat models (``norms``) it has a form in: L2 for
+standard, fgsm, fgsm-rs, pgd and free (``ctx.norm``), L-inf for all. The methods from the fast-AT literature (GradAlign,
 FGSM-PGI, NuAT, GAT, TRADES...) live in ``fastadv.core.zoo`` and are registered here; docs/METHODS.md
 lists every method.
 """
@@ -19,8 +20,10 @@ from typing import Callable
 
 import torch
 
+from fastadv.config import ConfigError
 from fastadv.core.attacks import n_fgsm, pgd
 from fastadv.core.distributed import unwrap
+from fastadv.core.norms import check_norm, into_ball, steepest
 from fastadv.core.precision import FP32, Precision, make_precision
 from fastadv.core.step_base import StepStats, train_loss
 from fastadv.core.zoo import ZOO
@@ -47,6 +50,7 @@ class StepContext:
     index: torch.Tensor | None = None  # training-set indices of this minibatch's rows (per-example memories)
     train_size: int | None = None  # rows of the training set: the size of per-example memories (None: grown)
     progress: float | None = None  # fraction of training done, for ramped weights (None: the ramp is over)
+    norm: str = "linf"  # threat model of the attack: "linf" | "l2" (eps and alpha in its units)
 
     def optimizer_step(self) -> None:
         self.set_hyperparams(self.iteration)
@@ -54,14 +58,14 @@ class StepContext:
         self.iteration += 1
 
     def attack(self, x: torch.Tensor, y: torch.Tensor, steps: int, random_start: bool = True) -> torch.Tensor:
-        """PGD-``steps`` (from a random start, or from x) at the current eps and alpha, under the step's autocast.
+        """PGD-``steps`` (from a random start, or from x) at the current eps, alpha and norm, under the step's autocast.
 
         Runs on the plain module inside a DDP wrapper: input gradients only, no gradient all-reduce.
         At eps 0 (the start of an eps ramp) ``pgd`` returns x without drawing random numbers.
         """
         with self.precision.autocast():
             return pgd(unwrap(self.model), x, y, eps=self.eps, alpha=self.alpha, steps=steps,
-                       random_start=random_start, generator=self.generator)
+                       random_start=random_start, generator=self.generator, norm=self.norm)
 
 
 def sgd_on(ctx: StepContext, x_in: torch.Tensor, y: torch.Tensor) -> StepStats:
@@ -84,6 +88,7 @@ class Method:
     single_step: bool  # one attack step per update: prone to catastrophic overfitting (the guard is on)
     settings: dict = field(default_factory=dict)  # the method's own settings: name -> (default, help)
     bound: Callable[[float, float, float], float] = lambda eps, alpha, noise: eps  # max |x_in - x| it trains on
+    norms: tuple[str, ...] = ("linf",)  # threat models it has a form in (ctx.norm)
 
     def resolve(self, given: dict | None = None) -> dict:
         """The method's settings: its defaults under ``given`` (name -> number); ValueError for an unknown
@@ -107,30 +112,43 @@ METHODS: dict[str, Method] = {}
 
 def register_method(name: str, *, steps=lambda m, k: 1, passes=lambda m, k: 1, alpha=lambda eps, k: eps,
                     single_step: bool = False, settings: dict | None = None,
-                    bound=lambda eps, alpha, noise: eps):
+                    bound=lambda eps, alpha, noise: eps, norms: tuple[str, ...] = ("linf",)):
     """Register a step function with its facts; ``settings``: name -> (default, one-line help) of the
     method's own hyperparameters (``method_args`` in the config, ``ctx.args`` in the step); ``bound``:
-    (eps, alpha, noise) -> the largest L-inf distance from x of any input the step shows the model."""
+    (eps, alpha, noise) -> the largest distance from x, in the run's norm, of any input the step shows the
+    model; ``norms``: the threat models the step has a form in (it reads ``ctx.norm``)."""
     def wrap(fn):
-        METHODS[name] = Method(fn, steps, passes, alpha, single_step, dict(settings or {}), bound)
+        METHODS[name] = Method(fn, steps, passes, alpha, single_step, dict(settings or {}), bound,
+                               tuple(check_norm(n) for n in norms))
         return fn
 
     return wrap
 
 
-@register_method("standard", bound=lambda eps, alpha, noise: 0.0)
+def check_method_norm(name: str, norm: str) -> None:
+    """A one-line ConfigError unless method ``name`` has a form in ``norm`` (it names the methods that have)."""
+    if norm not in METHODS[name].norms:
+        have = ", ".join(sorted(n for n, m in METHODS.items() if norm in m.norms))
+        raise ConfigError(f"method {name} has no {norm} form (norm {norm} trains with: {have})")
+
+
+BOTH = ("linf", "l2")
+
+
+@register_method("standard", bound=lambda eps, alpha, noise: 0.0, norms=BOTH)
 def standard_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
     """No attack: ordinary training on clean images."""
     return sgd_on(ctx, x, y)
 
 
-@register_method("fgsm-rs", passes=lambda m, k: 2, alpha=lambda eps, k: 1.25 * eps, single_step=True)
+@register_method("fgsm-rs", passes=lambda m, k: 2, alpha=lambda eps, k: 1.25 * eps, single_step=True, norms=BOTH)
 def fgsm_rs_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
-    """FGSM from a uniform random start, step alpha = 1.25 eps (Wong et al. 2020)."""
+    """FGSM from a uniform random start, step alpha = 1.25 eps (Wong et al. 2020); in L2 a start uniform in the
+    L2 ball and one normalized-gradient step, projected back onto the ball and [0,1]."""
     return sgd_on(ctx, ctx.attack(x, y, steps=1), y)
 
 
-@register_method("fgsm", passes=lambda m, k: 2, alpha=lambda eps, k: eps, single_step=True)
+@register_method("fgsm", passes=lambda m, k: 2, alpha=lambda eps, k: eps, single_step=True, norms=BOTH)
 def fgsm_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
     """FGSM from x itself, step alpha = eps (Goodfellow et al. 2015): the single-step method that
     overfits catastrophically, kept as the reference case."""
@@ -148,20 +166,22 @@ def n_fgsm_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats
     return sgd_on(ctx, x_adv, y)
 
 
-@register_method("pgd", passes=lambda m, k: k + 1, alpha=lambda eps, k: 2.5 * eps / k)
+@register_method("pgd", passes=lambda m, k: k + 1, alpha=lambda eps, k: 2.5 * eps / k, norms=BOTH)
 def pgd_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
-    """Madry PGD-K training: random start, K = attack_steps, alpha = 2.5 eps / K."""
+    """Madry PGD-K training: random start, K = attack_steps, alpha = 2.5 eps / K (L-inf or L2: ``ctx.norm``)."""
     return sgd_on(ctx, ctx.attack(x, y, steps=ctx.attack_steps), y)
 
 
-@register_method("free", steps=lambda m, k: m, passes=lambda m, k: m, alpha=lambda eps, k: eps, single_step=True)
+@register_method("free", steps=lambda m, k: m, passes=lambda m, k: m, alpha=lambda eps, k: eps, single_step=True,
+                 norms=BOTH)
 def free_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
     """Free-m (Shafahi et al. 2019), Algorithm 1 of the thesis for one minibatch; delta persists in
     ``ctx.state['delta']``.
 
     Each replay: one forward/backward on clip(x + delta, 0, 1), an optimizer step with the
     weight gradient, then delta <- clip(delta + alpha * sign(grad_x), -eps, eps) (alpha = eps
-    in the paper). The stored delta has the largest batch's shape; a smaller batch uses
+    in the paper). In L2 (fastadv's form): delta <- delta + alpha * grad_x / |grad_x|_2, scaled back
+    onto the L2 eps-ball. The stored delta has the largest batch's shape; a smaller batch uses
     its first rows.
     """
     n = len(y)
@@ -182,7 +202,7 @@ def free_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepStats:
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.precision.backward(loss)  # one pass: weight gradients and the input gradient (sign is scale-free)
         ctx.optimizer_step()
-        delta = (delta.detach() + ctx.alpha * delta.grad.sign()).clamp(-ctx.eps, ctx.eps)
+        delta = into_ball(delta.detach() + ctx.alpha * steepest(delta.grad, ctx.norm), ctx.eps, ctx.norm)
         loss_sum += loss.detach() * n
         correct += (logits.argmax(1) == y).sum()
     full[:n] = delta
@@ -223,7 +243,7 @@ class AdversarialStep:
         model (nn.Module): takes [0,1] images (normalization inside the model), returns logits.
         optimizer (torch.optim.Optimizer): over the model's parameters; the step calls ``step()`` on it
             (Free-m: ``replays`` times per minibatch).
-        eps (float): L-inf radius in pixel units, e.g. ``8/255``.
+        eps (float): radius in pixel units, e.g. ``8/255`` (L-inf) or ``0.5`` (L2).
         alpha (float, optional): attack step; default: the method's (free, fgsm, n-fgsm: eps;
             fgsm-rs: 1.25 eps; pgd: 2.5 eps / K).
         replays (int): Free-m's m. (Default: 8)
@@ -239,6 +259,7 @@ class AdversarialStep:
         train_size (int, optional): rows of the training set, for methods with a per-example memory
             (``fgsm-pgi``, ``fgsm-mep-cs``: pass ``index`` to each call too); without it the memory grows
             to the largest index seen, which reads the index on the host every step.
+        norm (str): threat model, ``"linf"`` or ``"l2"`` (standard, fgsm, fgsm-rs, pgd, free). (Default: ``"linf"``)
 
     Shape:
         - x: :math:`(N, C, H, W)` float in [0, 1], on the model's device.
@@ -260,9 +281,11 @@ class AdversarialStep:
                  alpha: float | None = None, replays: int = 8, attack_steps: int = 7, noise: float = 2.0,
                  lr_schedule: Callable[[int], float] | None = None,
                  momentum_schedule: Callable[[int], float] | None = None, precision: str = "fp32", seed: int = 0,
-                 label_smoothing: float = 0.0, method_args: dict | None = None, train_size: int | None = None):
+                 label_smoothing: float = 0.0, method_args: dict | None = None, train_size: int | None = None,
+                 norm: str = "linf"):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r} (valid: {', '.join(sorted(METHODS))})")
+        check_method_norm(method, check_norm(norm))
         if eps < 0 or replays < 1 or attack_steps < 1:
             raise ValueError(f"need eps >= 0, replays >= 1, attack_steps >= 1; got {eps}, {replays}, {attack_steps}")
         self.method = METHODS[method]
@@ -273,7 +296,7 @@ class AdversarialStep:
                                torch.Generator(device=device).manual_seed(seed),
                                precision=make_precision(precision, device), noise=noise,
                                label_smoothing=label_smoothing, args=self.method.resolve(method_args),
-                               train_size=train_size)
+                               train_size=train_size, norm=norm)
 
     @property
     def passes(self) -> int:

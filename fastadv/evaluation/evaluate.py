@@ -78,13 +78,14 @@ class AALite:
     targets: int = 3
     steps: int = 100
 
-    def specs(self, eps: float) -> list[AttackSpec]:
-        """APGD-CE, then APGD-T unless ``targets`` is 0 (APGD-CE alone: the cheapest outside check)."""
-        ce = AttackSpec("apgd-ce", eps=eps, steps=self.steps)
-        return [ce] + ([AttackSpec("apgd-t", eps=eps, steps=self.steps, targets=self.targets)] if self.targets else [])
+    def specs(self, eps: float, norm: str = "linf") -> list[AttackSpec]:
+        """APGD-CE, then APGD-T unless ``targets`` is 0 (APGD-CE alone: the cheapest outside check), in ``norm``."""
+        ce = AttackSpec("apgd-ce", eps=eps, steps=self.steps, norm=norm)
+        return [ce] + ([AttackSpec("apgd-t", eps=eps, steps=self.steps, targets=self.targets, norm=norm)]
+                       if self.targets else [])
 
     def describe(self, main: AttackSpec) -> str:
-        return "worst case of " + ", ".join([main.describe()] + [s.describe() for s in self.specs(main.eps)])
+        return "worst case of " + ", ".join([main.describe()] + [s.describe() for s in self.specs(main.eps, main.norm)])
 
     def run(self, model, x, y, robust: torch.Tensor, main: AttackSpec, *, seed: int, batch_size: int,
             device) -> dict:
@@ -92,7 +93,7 @@ class AALite:
         t0 = time.perf_counter()
         n = len(y)
         counts = [int(robust.sum())]
-        for spec in self.specs(main.eps):
+        for spec in self.specs(main.eps, main.norm):
             idx = robust.nonzero().squeeze(1)
             if len(idx):
                 r = predict_points(model, x[idx.to(x.device)], y[idx.to(y.device)], spec, batch_size=batch_size,
@@ -104,7 +105,7 @@ class AALite:
 
     def record(self, n: int, counts: list[int], main: AttackSpec, seconds: float) -> dict:
         """The summary entry from per-stage robust counts (main attack, then after each APGD attack)."""
-        names = [main.describe()] + [s.describe() for s in self.specs(main.eps)]
+        names = [main.describe()] + [s.describe() for s in self.specs(main.eps, main.norm)]
         return {"points": n, "robust_acc": counts[-1] / max(n, 1), "robust_counts": counts,
                 "stages": [{"after": name, "robust_acc": c / max(n, 1)} for name, c in zip(names, counts)],
                 "attack": self.describe(main), "targets": self.targets, "steps": self.steps, "seconds": seconds}
@@ -114,7 +115,7 @@ def evaluate(model: torch.nn.Module, data, *, attack: AttackSpec | str = "pgd", 
              alpha: float | None = None, steps: int | None = None, restarts: int | None = None,
              loss: str | None = None, limit: int = 0, batch_size: int = 500, seed: int = 0,
              device: torch.device | str | None = None, sanity: bool = False,
-             sanity_points: int = 200, aa_lite: AALite | None = None) -> EvalResult:
+             sanity_points: int = 200, aa_lite: AALite | None = None, norm: str | None = None) -> EvalResult:
     """Clean and robust accuracy (fractions in [0,1]) over the test split or an (x, y) pair.
 
     A point counts as robust only if the model is right on it and the attack fails; every point is
@@ -127,6 +128,8 @@ def evaluate(model: torch.nn.Module, data, *, attack: AttackSpec | str = "pgd", 
         attack (AttackSpec or str): the attack (then ``eps``, ``alpha``, ``steps``, ``restarts`` and ``loss``
             must not be given: a ConfigError), or its name with those settings. (Default: PGD-20, step eps/4,
             1 restart, CE loss, eps the dataset's standard radius: an (x, y) pair must give eps)
+        norm (str, optional): ``"linf"`` (the default) or ``"l2"``, for an attack given by name (an
+            ``AttackSpec`` carries its own); AA-lite runs in the main attack's norm.
         limit (int): the first ``limit`` points only (0 = all). batch_size (int): (Default: 500)
         seed (int): seed of the random starts: one spec, one seed, one number. (Default: 0)
         sanity (bool): also run the checks of ``fastadv.evaluation.sanity`` on ``sanity_points`` points.
@@ -142,7 +145,7 @@ def evaluate(model: torch.nn.Module, data, *, attack: AttackSpec | str = "pgd", 
         r = fastadv.evaluate(model, data, eps=8/255, steps=20, aa_lite=fastadv.AALite(points=1000))
         print(r.clean_acc, r.robust_acc, r.headline_acc)
     """
-    spec = spec_from(attack, eps, alpha, steps, restarts, loss, dataset=dataset_name(data))
+    spec = spec_from(attack, eps, alpha, steps, restarts, loss, dataset=dataset_name(data), norm=norm)
     x_all, y_all = test_split(data, limit)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     with eval_mode(model):
@@ -336,14 +339,14 @@ def evaluate_distributed(model, data, *, attack: AttackSpec | str = "pgd", eps: 
                          alpha: float | None = None, steps: int | None = None, restarts: int | None = None,
                          loss: str | None = None, limit: int = 0, batch_size: int = 500, seed: int = 0,
                          device=None, sanity: bool = False, sanity_points: int = 200,
-                         aa_lite: AALite | None = None) -> EvalResult:
+                         aa_lite: AALite | None = None, norm: str | None = None) -> EvalResult:
     """``evaluate`` (same arguments) under torchrun: the points split across ranks and the figures reduced.
 
     Each rank attacks a contiguous share of the (first ``limit``) points with rank 0's buffers;
     the result is over all points and the same on every rank. AA-lite's points (the first
     ``aa_lite.points``) are attacked by the ranks whose shares hold them. Without a group: ``evaluate``.
     """
-    spec = spec_from(attack, eps, alpha, steps, restarts, loss, dataset=dataset_name(data))
+    spec = spec_from(attack, eps, alpha, steps, restarts, loss, dataset=dataset_name(data), norm=norm)
     options = dict(attack=spec, batch_size=batch_size, seed=seed, device=device, sanity=sanity,
                    sanity_points=sanity_points)
     model = distributed.unwrap(model)

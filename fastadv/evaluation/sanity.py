@@ -33,12 +33,12 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from fastadv.core.attacks import ATTACKS, Attack
+from fastadv.core.attacks import ATTACKS, Attack, ball
 from fastadv.evaluation.points import eval_mode, predict_points
 from fastadv.evaluation.spec import AttackSpec
 
 ZERO_GRAD_FRACTION = 0.1  # more than this share of points with an all-zero input gradient fails `gradients`
-LARGE_EPS = 1.0  # L-inf radius that covers the whole [0,1] box: any image can become any other
+LARGE_EPS = 1.0  # L-inf radius that covers the whole [0,1] box: any image can become any other (L2: sqrt(d))
 LARGE_EPS_MAX_ACC = 0.02  # robust accuracy above this at LARGE_EPS fails `large-eps`
 PROB_TOL = 1e-4  # rows of outputs in [0,1] summing to 1 within this look like probabilities
 DETERMINISM_TOL = 1e-5  # relative difference between two forward passes
@@ -128,7 +128,11 @@ class Probe:
 
     def pgd_like(self):
         """The main attack if it is PGD, else the default PGD-20 at the same eps (for probes that need steps)."""
-        return self.spec if self.spec.info.pgd_like else AttackSpec("pgd", eps=self.spec.eps)
+        return self.spec if self.spec.info.pgd_like else AttackSpec("pgd", eps=self.spec.eps, norm=self.spec.norm)
+
+    def large_eps(self) -> float:
+        """The radius of the whole [0,1] box in the main attack's norm: 1 (L-inf), sqrt(coordinates) (L2)."""
+        return LARGE_EPS if self.spec.norm == "linf" else LARGE_EPS * self.x[0].numel() ** 0.5
 
 
 Check = Callable[[Probe], tuple]  # -> (passed: bool | None, detail: str)
@@ -231,17 +235,17 @@ def check_steps_monotone(p: Probe):
 def check_pgd_vs_fgsm(p: Probe):
     if not p.spec.info.pgd_like:
         return None, f"not applicable to {p.spec.short()}"
-    fgsm = AttackSpec("fgsm", eps=p.spec.eps, loss=p.spec.loss)
+    fgsm = AttackSpec("fgsm", eps=p.spec.eps, loss=p.spec.loss, norm=p.spec.norm)
     a_pgd, a_fgsm = p.acc(p.spec), p.acc(fgsm)
     return a_pgd <= a_fgsm + p.tol, f"{p.spec.short()} {pct(a_pgd)} vs FGSM {pct(a_fgsm)} at eps={p.spec.eps:.4g}"
 
 
-@register_check("large-eps", f"at eps={LARGE_EPS:g} any image can be turned into any other, yet the attack "
-                "fails: gradient masking or a broken attack")
+@register_check("large-eps", f"at eps={LARGE_EPS:g} (L2: sqrt(d)) any image can be turned into any other, yet the "
+                "attack fails: gradient masking or a broken attack")
 def check_large_eps(p: Probe):
-    spec = p.pgd_like().at_eps(LARGE_EPS)
+    spec = p.pgd_like().at_eps(p.large_eps())
     acc = p.acc(spec)
-    return acc <= LARGE_EPS_MAX_ACC, f"robust {pct(acc)} under {spec.short()} at eps={LARGE_EPS:g} (want <= {pct(LARGE_EPS_MAX_ACC)})"
+    return acc <= LARGE_EPS_MAX_ACC, f"robust {pct(acc)} under {spec.short()} at {ball(spec)} (want <= {pct(LARGE_EPS_MAX_ACC)})"
 
 
 @register_check("black-box", "a black-box attack (Square) broke points the gradient attack could not: the gradients "
@@ -250,13 +254,13 @@ def check_large_eps(p: Probe):
 def check_black_box(p: Probe):
     from fastadv.core.attacks import MissingDependency
 
-    white = [p.spec, AttackSpec("apgd-ce", eps=p.spec.eps, steps=BLACK_BOX_APGD_STEPS)]  # the gradient attacks
+    white = [p.spec, AttackSpec("apgd-ce", eps=p.spec.eps, steps=BLACK_BOX_APGD_STEPS, norm=p.spec.norm)]  # the gradient attacks
     try:
         robust = p.correct_where(white[1], p.correct(white[0]))  # APGD only on the points the main attack left
         n = int(robust.sum())
         if n == 0:
             return None, f"no point is robust under {' and '.join(w.short() for w in white)}: nothing to look for"
-        spec = AttackSpec("square", eps=p.spec.eps, steps=BLACK_BOX_QUERIES)
+        spec = AttackSpec("square", eps=p.spec.eps, steps=BLACK_BOX_QUERIES, norm=p.spec.norm)
         held = p.correct_where(spec, robust)[robust]
     except MissingDependency:
         return None, "Square and APGD need pyautoattack (pip install pyautoattack)"

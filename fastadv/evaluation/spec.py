@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from fastadv.config import ConfigError, TrainConfig, resolve_eps
+from fastadv.config import NORMS, ConfigError, TrainConfig
+from fastadv.threat import resolve_eps
 from fastadv.core.attacks import ATTACKS
 
 
@@ -15,7 +16,8 @@ class AttackSpec:
     Frozen and hashable, so results can be cached by spec. ``alpha=None`` means the attack's
     default step (``fastadv.core.attacks.ATTACKS``: eps/4 for PGD, the thesis' PGD-20 step; eps for
     FGSM; APGD and AutoAttack set their own). For APGD ``steps`` counts iterations and
-    ``targets`` the target classes of APGD-T.
+    ``targets`` the target classes of APGD-T. ``norm``: the threat model, ``"linf"`` or ``"l2"`` (every attack
+    takes both; eps and alpha are in its units).
     """
 
     name: str = "pgd"  # a key of fastadv.core.attacks.ATTACKS
@@ -26,6 +28,11 @@ class AttackSpec:
     loss: str = "ce"
     random_start: bool = True
     targets: int = 9  # apgd-t only
+    norm: str = "linf"  # "linf" | "l2"
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ConfigError(f"unknown norm {self.norm!r} for the {self.name} attack (valid: {', '.join(NORMS)})")
 
     @property
     def info(self):
@@ -64,20 +71,20 @@ ATTACK_PRESETS: dict[str, dict] = {
 }
 
 
-def dataset_eps(dataset: str) -> float:
-    """A dataset's standard L-inf radius, the one training uses when a config sets no eps
-    (``fastadv.config.resolve_eps``: MNIST 0.3, Fashion-MNIST 0.1, CIFAR 8/255 ...)."""
-    return resolve_eps(TrainConfig(dataset=dataset))
+def dataset_eps(dataset: str, norm: str = "linf") -> float:
+    """A dataset's standard radius in ``norm``, the one training uses when a config sets no eps
+    (``fastadv.threat.resolve_eps``: L-inf MNIST 0.3, Fashion-MNIST 0.1, CIFAR 8/255 ...; L2 MNIST 2.0, CIFAR 0.5)."""
+    return resolve_eps(TrainConfig(dataset=dataset, norm=norm))
 
 
 def spec_from(attack: "AttackSpec | str", eps: float | None = None, alpha: float | None = None,
               steps: int | None = None, restarts: int | None = None, loss: str | None = None, *,
-              dataset: str | None = None) -> AttackSpec:
+              dataset: str | None = None, norm: str | None = None) -> AttackSpec:
     """The attack ``evaluate`` runs: ``attack`` itself when it is an ``AttackSpec`` (then it says everything,
-    and giving any of eps, alpha, steps, restarts, loss as well is a ConfigError), else the attack of that
-    name with those settings (None: ``AttackSpec``'s defaults; eps: the ``dataset``'s standard radius,
-    which an (x, y) pair without a dataset name must give)."""
-    given = {"eps": eps, "alpha": alpha, "steps": steps, "restarts": restarts, "loss": loss}
+    and giving any of eps, alpha, steps, restarts, loss, norm as well is a ConfigError), else the attack of that
+    name with those settings (None: ``AttackSpec``'s defaults, L-inf; eps: the ``dataset``'s standard radius in
+    the norm, which an (x, y) pair without a dataset name must give)."""
+    given = {"eps": eps, "alpha": alpha, "steps": steps, "restarts": restarts, "loss": loss, "norm": norm}
     given = {k: v for k, v in given.items() if v is not None}
     if isinstance(attack, AttackSpec):
         if given:
@@ -90,5 +97,5 @@ def spec_from(attack: "AttackSpec | str", eps: float | None = None, alpha: float
         if dataset is None:
             raise ConfigError(f"give eps for the {attack} attack: an (x, y) pair has no dataset to take "
                               f"the standard radius from")
-        given["eps"] = dataset_eps(dataset)
+        given["eps"] = dataset_eps(dataset, norm or "linf")
     return AttackSpec(name=attack, **given)

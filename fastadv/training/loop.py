@@ -200,7 +200,7 @@ class HeldOut:
         self.s, self.run_dir, self.log, self.guard = s, run_dir, log, make_guard(s.cfg)
         n = min(s.cfg.eval_size, s.data.val_size)
         self.points = (s.data.x_val[:n], s.data.y_val[:n])  # the split is in random order: a random sample
-        self.attack = AttackSpec("pgd", eps=s.eps, steps=s.cfg.eval_attack_steps, restarts=1)
+        self.attack = AttackSpec("pgd", eps=s.eps, steps=s.cfg.eval_attack_steps, restarts=1, norm=s.cfg.norm)
 
     def evaluate(self, model: nn.Module):
         return evaluate_distributed(model, self.points, attack=self.attack, batch_size=self.s.cfg.eval_batch_size,
@@ -268,7 +268,7 @@ def finish(s: Setup, run_dir: Path, log: RunLog) -> RunResult:
     if distributed.is_main():
         save_weights(s.model, run_dir, s.arch)
     final = AttackSpec("pgd", eps=s.eps, alpha=cfg.final_alpha, steps=cfg.final_attack_steps,
-                       restarts=cfg.final_restarts)
+                       restarts=cfg.final_restarts, norm=cfg.norm)
     aa_lite = AALite(points=cfg.final_aa_points, targets=cfg.final_aa_targets) if cfg.final_aa_points else None
     t = time.perf_counter()
     result = evaluate_distributed(s.model, s.data, attack=final, limit=cfg.final_limit,

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastadv.config import ConfigError, TrainConfig, resolve_eps
+from fastadv.config import ConfigError, TrainConfig
+from fastadv.threat import resolve_eps
 from fastadv.core import distributed, perf, schedules
-from fastadv.core.methods import METHODS, Method, StepContext, hyperparam_setter
+from fastadv.core.methods import METHODS, Method, StepContext, check_method_norm, hyperparam_setter
 from fastadv.core.precision import make_precision
 from fastadv.data import (
     DATASETS,
@@ -129,6 +130,7 @@ def build(cfg: TrainConfig, data: Dataset | None = None, model: nn.Module | None
     net = own_model(model, data) if model is not None else build_checked(cfg, data)
     net = net.to(device)
     method = METHODS[cfg.method]
+    check_method_norm(cfg.method, cfg.norm)
     eps = resolve_eps(cfg)
     alpha = cfg.alpha if cfg.alpha is not None else method.default_alpha(eps, cfg.attack_steps)
     per_epoch = batches_per_epoch(len(data.y_train), cfg.batch_size)
@@ -147,7 +149,8 @@ def build(cfg: TrainConfig, data: Dataset | None = None, model: nn.Module | None
                       hyperparam_setter(optimizer, lr_fn, mom_fn, lambda: loop.lr_scale),
                       torch.Generator(device=device).manual_seed(distributed.rank_seed(cfg.seed + 1)),  # random starts
                       precision=make_precision(cfg.precision, device), noise=cfg.noise,
-                      label_smoothing=cfg.label_smoothing, args=method_settings(cfg), train_size=len(data.y_train))
+                      label_smoothing=cfg.label_smoothing, args=method_settings(cfg), train_size=len(data.y_train),
+                      norm=cfg.norm)
     augment = data.augment if cfg.augment is None else cfg.augment
     stream = BatchStream(data.x_train, data.y_train, cfg.batch_size, augment=augment, shard=distributed.rows,
                          generator=torch.Generator().manual_seed(cfg.seed))  # data order and augmentation
@@ -295,6 +298,8 @@ def check_config(cfg: TrainConfig, model: nn.Module | None = None) -> None:
     if model is None and not is_known(cfg.model):
         raise ConfigError(unknown_name("model", cfg.model, MODELS) + " or torchvision:NAME, timm:NAME")
     method_settings(cfg)
+    check_method_norm(cfg.method, cfg.norm)
+    resolve_eps(cfg)  # an L2 run on a dataset without a standard L2 radius must give eps
     check_schedules(cfg)
     check_optimizer(cfg)
     check_tracking(cfg)

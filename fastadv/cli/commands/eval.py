@@ -29,7 +29,10 @@ def configure(parser) -> None:
                         "runs as well")
     parser.add_argument("--preset", default=None, help="pgd20 (PGD-20, 1 restart) | pgd50-10 (PGD-50, 10 "
                         "restarts); --steps/--restarts override it [default: pgd20]")
-    parser.add_argument("--eps", default=None, help="L-inf radius, e.g. 0.3 or 8/255 [default: the run's]")
+    parser.add_argument("--norm", default=None, help="threat model of every attack: linf | l2 [default: the run's, "
+                        "else linf]")
+    parser.add_argument("--eps", default=None, help="radius in the norm, e.g. 0.3 or 8/255 (L-inf), 0.5 (L2) "
+                        "[default: the run's; under another norm than the run's, the dataset's standard one]")
     parser.add_argument("--alpha", default=None, help="PGD step size [default: eps/4]")
     parser.add_argument("--steps", type=int, default=None, help="PGD steps [default: 20]")
     parser.add_argument("--restarts", type=int, default=None, help="PGD random restarts [default: 1]")
@@ -59,18 +62,25 @@ def configure(parser) -> None:
                         help="progress bars on stderr [default: when stderr is a terminal]")
 
 
-def parse_eps_list(text: str) -> list[float]:
+def in_range(eps: float, norm: str) -> bool:
+    """A radius in the norm's range: [0, 1] for L-inf (1 covers the whole box), >= 0 for L2."""
+    return 0 <= eps <= (1 if norm == "linf" else float("inf"))
+
+
+def parse_eps_list(text: str, norm: str = "linf") -> list[float]:
     values = [number_flag("eps-curve", part.strip()) for part in text.split(",") if part.strip()]
     if not values:
         raise ConfigError("--eps-curve needs at least one radius, e.g. 0,0.1,0.2,0.3")
-    bad = [v for v in values if not 0 <= v <= 1]
+    bad = [v for v in values if not in_range(v, norm)]
     if bad:
-        raise ConfigError(f"--eps-curve radii must be in [0, 1], got {bad[0]}")
+        raise ConfigError(f"--eps-curve radii must be in [0, 1] (L-inf) or >= 0 (L2), got {bad[0]}")
     return sorted(set(values))
 
 
-def check_flags(args) -> dict:
-    """Validate the flags before anything is loaded; returns the parsed numbers."""
+def check_flags(args, norm: str = "linf") -> dict:
+    """Validate the flags before anything is loaded (``norm``: the one the attacks will use); returns the
+    parsed numbers."""
+    from fastadv.config import NORMS
     from fastadv.evaluation import ATTACK_PRESETS
 
     for name in ("steps", "restarts"):
@@ -89,13 +99,15 @@ def check_flags(args) -> dict:
         raise ConfigError(f"unknown loss {args.loss!r} (valid: {', '.join(LOSS_NAMES)})")
     if args.preset is not None and args.preset not in ATTACK_PRESETS:
         raise ConfigError(f"unknown preset {args.preset!r} (valid: {', '.join(ATTACK_PRESETS)})")
+    if norm not in NORMS:
+        raise ConfigError(f"unknown norm {norm!r} (valid: {', '.join(NORMS)})")
     eps = number_flag("eps", args.eps) if args.eps is not None else None
-    if eps is not None and not 0 <= eps <= 1:
-        raise ConfigError(f"--eps must be in [0, 1], got {eps}")
+    if eps is not None and not in_range(eps, norm):
+        raise ConfigError(f"--eps must be in [0, 1] for L-inf (>= 0 for L2), got {eps}")
     alpha = number_flag("alpha", args.alpha) if args.alpha is not None else None
     if alpha is not None and alpha <= 0:
         raise ConfigError(f"--alpha must be > 0, got {alpha}")
-    curve = parse_eps_list(args.eps_curve) if args.eps_curve is not None else []
+    curve = parse_eps_list(args.eps_curve, norm) if args.eps_curve is not None else []
     if args.apgd_targets < 1:
         raise ConfigError(f"--apgd-targets must be >= 1, got {args.apgd_targets}")
     if args.autoattack or args.apgd:
@@ -105,21 +117,21 @@ def check_flags(args) -> dict:
     return {"eps": eps, "alpha": alpha, "curve": curve}
 
 
-def attack_specs(args, eps: float, alpha: float | None) -> list:
-    """Main attack first (PGD from preset/flags, or FGSM), then FGSM, then AutoAttack if asked."""
+def attack_specs(args, eps: float, alpha: float | None, norm: str = "linf") -> list:
+    """Main attack first (PGD from preset/flags, or FGSM), then FGSM, then AutoAttack if asked; all in ``norm``."""
     from fastadv.evaluation import ATTACK_PRESETS, AttackSpec
 
     preset = ATTACK_PRESETS[args.preset or "pgd20"]
     steps = args.steps if args.steps is not None else preset["steps"]
     restarts = args.restarts if args.restarts is not None else preset["restarts"]
-    fgsm = AttackSpec("fgsm", eps=eps, loss=args.loss)
+    fgsm = AttackSpec("fgsm", eps=eps, loss=args.loss, norm=norm)
     specs = [fgsm] if args.attack == "fgsm" else [
-        AttackSpec("pgd", eps=eps, alpha=alpha, steps=steps, restarts=restarts, loss=args.loss), fgsm]
+        AttackSpec("pgd", eps=eps, alpha=alpha, steps=steps, restarts=restarts, loss=args.loss, norm=norm), fgsm]
     if args.apgd:
-        specs += [AttackSpec("apgd-ce", eps=eps, steps=100), AttackSpec("apgd-t", eps=eps, steps=100,
-                                                                        targets=args.apgd_targets)]
+        specs += [AttackSpec("apgd-ce", eps=eps, steps=100, norm=norm),
+                  AttackSpec("apgd-t", eps=eps, steps=100, targets=args.apgd_targets, norm=norm)]
     if args.autoattack:
-        specs.append(AttackSpec("autoattack", eps=eps))
+        specs.append(AttackSpec("autoattack", eps=eps, norm=norm))
     return specs
 
 
@@ -129,25 +141,29 @@ def run(args) -> int:
     from fastadv.core.perf import resolve_device
     from fastadv.data import load_dataset
     from fastadv.evaluation import evaluate_suite, plot_eps_curve
+    from fastadv.evaluation.spec import dataset_eps
     from fastadv.io import read_json_object, write_json
     from fastadv.models.store import load_model, read_arch
 
-    flags = check_flags(args)
-    device = resolve_device(args.device)
     path = Path(args.path)
-    arch, weights = read_arch(path)
-    model = load_model(path, device=device)
     run_dir = path if path.is_dir() else path.parent
     run_config = run_dir / "config.json"
     run_cfg = read_json_object(run_config) if run_config.is_file() else {}
-    eps = flags["eps"] if flags["eps"] is not None else run_cfg.get("eps")
-    if eps is None:
-        raise ConfigError("--eps is required when the weights come without their run's config.json")
+    run_norm = run_cfg.get("norm", "linf")
+    norm = args.norm or run_norm
+    flags = check_flags(args, norm)
+    device = resolve_device(args.device)
+    arch, weights = read_arch(path)
+    model = load_model(path, device=device)
     dataset = args.dataset or arch.get("dataset")
     if not dataset:
         raise ConfigError("--dataset is required: the weights do not say which dataset they were trained on")
+    eps = flags["eps"] if flags["eps"] is not None else run_cfg.get("eps") if norm == run_norm else dataset_eps(
+        dataset, norm)  # the run's radius is in the run's norm
+    if eps is None:
+        raise ConfigError("--eps is required when the weights come without their run's config.json")
     data = load_dataset(dataset, args.data_dir or run_cfg.get("data_dir"), download=True, device=device)
-    specs = attack_specs(args, eps, flags["alpha"])
+    specs = attack_specs(args, eps, flags["alpha"], norm)
     show = sys.stderr.isatty() if args.progress is None else args.progress
     progress = make_progress() if show else None
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if show or args.autoattack else None  # AA's own lines

@@ -36,10 +36,11 @@ class Facts:
     single_step: bool
     settings: dict = field(default_factory=dict)
     bound: Callable[[float, float, float], float] = lambda eps, alpha, noise: eps
+    norms: tuple[str, ...] = ("linf",)  # the zoo's methods are L-inf methods: none has an L2 form here
 
     def registration(self) -> dict:
         return {"passes": self.passes, "alpha": self.alpha, "single_step": self.single_step,
-                "settings": self.settings, "bound": self.bound}
+                "settings": self.settings, "bound": self.bound, "norms": self.norms}
 
 
 def method(name: str, *, passes, alpha, single_step: bool, settings: dict | None = None):
