@@ -212,7 +212,7 @@ def model_info(arch: dict, weights: Path, filename: str, load: str) -> dict:
     return {
         "name": summary.get("name", run.name),
         "dataset": arch.get("dataset"),
-        "threat_model": "Linf",
+        "threat_model": {"l2": "L2"}.get(config.get("norm"), "Linf"),  # RobustBench's names
         "eps": eps_text(eps) if eps is not None else None,
         "architecture": arch["model"],
         "clean_acc": percent(summary.get("clean_acc")),
