@@ -206,6 +206,7 @@ def train_one(name: str, cfg: dict, budget: float, seed: int, seconds_per_mb: fl
             "train_seconds": s["train_seconds"], "check_seconds": s.get("check_seconds"),
             "eval_seconds": s["eval_seconds"], "clean_acc": s["clean_acc"], "pgd20_acc": s["robust_acc"],
             "aa_lite_acc": s["aa_lite"]["robust_acc"] if s.get("aa_lite") else None, "trusted": s["trusted"],
+            "failed_checks": [c["name"] for c in s.get("sanity", []) if c["passed"] is False],
             "status": s["status"], "kept": s["kept"], "grad_computations": s["grad_computations"],
             "events": s["events"], "config": {k: v for k, v in run_cfg.items() if k != "out_dir"}}
 
