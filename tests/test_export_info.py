@@ -47,9 +47,9 @@ def test_robustbench_export_writes_the_model_info(run, tmp_path, capsys):
     assert names["AA-lite"]["acc"] == summary["headline"]["robust_acc"] and names["AA-lite"]["points"] == 32
     assert names["AA-lite"]["attack"].startswith("worst case of PGD-3")
     assert names["autoattack"]["points"] == 16 and "AutoAttack standard" in names["autoattack"]["attack"]
-    n = summary["train_size"]
+    n, whole = summary["train_size"], summary["train_size"] + summary["val_size"]  # validation is training data
     assert info["training_data"] == {"dataset": "synthetic", "train_images": n,
-                                     "note": f"partial training split: {n:,} of {2 * n:,} images"}
+                                     "note": f"partial training split: {whole:,} of {2 * whole:,} images"}
     assert info["versions"]["fastadv"] == fastadv.__version__ and info["versions"]["torch"] == torch.__version__
 
     # the rebuild line, run as written, gives the net the weights load into, strictly; same outputs as the run's

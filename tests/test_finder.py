@@ -107,7 +107,7 @@ def test_range_test_stops_when_the_loss_diverges_and_records_the_adversarial_los
 
 def test_range_test_bad_arguments():
     _, model, opt, mbs = make_setup()
-    for kwargs in ({"method": "trades"}, {"beta": 1.0}, {"diverge": 1.0}, {"start_lr": -1}):
+    for kwargs in ({"method": "fgsm-ls"}, {"beta": 1.0}, {"diverge": 1.0}, {"start_lr": -1}):
         with pytest.raises(ConfigError):
             finder.lr_range_test(model, opt, mbs, **kwargs)
 
@@ -166,7 +166,7 @@ def test_range_test_takes_every_method_setting(monkeypatch):
 
 
 def test_find_lr_cli_errors_are_one_line(capsys):
-    for argv in (["find-lr", "--method", "trades"], ["find-lr", "--num-steps", "1"],
+    for argv in (["find-lr", "--method", "fgsm-ls"], ["find-lr", "--num-steps", "1"],
                  ["find-lr", "--end-lr", "x"], ["find-wd", "--weight-decays", "-1", "--dataset", "synthetic"]):
         assert main(argv) == 2
         err = capsys.readouterr().err

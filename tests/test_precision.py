@@ -181,8 +181,8 @@ def test_bf16_training_keeps_accuracy_within_seed_noise(mnist):
 
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        fp32, other_seed, bf16 = accs("fp32", 0, tmp), accs("fp32", 1, tmp), accs("bf16", 0, tmp)
+        fp32, others, bf16 = accs("fp32", 0, tmp), [accs("fp32", k, tmp) for k in (1, 2)], accs("bf16", 0, tmp)
     for i, name in enumerate(("clean", "robust")):
-        noise = abs(fp32[i] - other_seed[i])
-        assert abs(bf16[i] - fp32[i]) <= max(2 * noise, 0.02), (name, fp32, other_seed, bf16)
+        noise = max(abs(fp32[i] - other[i]) for other in others)  # the spread of fp32 over three seeds
+        assert abs(bf16[i] - fp32[i]) <= max(2 * noise, 0.02), (name, fp32, others, bf16)
     assert bf16[0] > 0.8 and bf16[1] > 0.5, bf16  # and the runs learned something worth comparing

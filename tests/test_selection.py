@@ -88,7 +88,7 @@ def test_test_labels_do_not_steer_training(tmp_path):
     for s in (a.summary, b.summary):
         assert (s["train_size"], s["val_size"], s["test_size"]) == (2048 - 200, 200, 512)
     config = json.loads((a.run_dir / "config.json").read_text())
-    assert (config["train_size"], config["val_size"], config["test_size"]) == (1848, 200, 512)
+    assert (config["train_size"], config["val_images"], config["test_size"]) == (1848, 200, 512)
 
 
 def test_no_training_module_reads_the_test_split():
@@ -254,8 +254,8 @@ def test_robustness_collapse_needs_near_zero_robust_and_rising_clean():
 
     cfg = TrainConfig(method="fgsm-rs", dataset="mnist")
     floor = COLLAPSE_FLOOR * 0.1
-    assert robustness_collapse(cfg, 0.3, [Check(0.0, 0.95)], 0.3, 10).startswith("robustness collapsed")
-    assert robustness_collapse(cfg, 0.3, [Check(0.0, 0.95)], 0.2, 10) is None  # too early to say
+    assert robustness_collapse(cfg, 0.3, [Check(0.0, 0.95)], 0.6, 10).startswith("robustness collapsed")
+    assert robustness_collapse(cfg, 0.3, [Check(0.0, 0.95)], 0.4, 10) is None  # too early to say
     assert robustness_collapse(cfg, 0.3, [Check(0.0, 0.95), Check(floor, 0.9)], 0.5, 10) is None  # averaged holds
     assert robustness_collapse(cfg, 0.3, [Check(0.0, 0.12)], 0.5, 10) is None  # not learning: another stop
     assert robustness_collapse(TrainConfig(method="standard"), 0.3, [Check(0.0, 0.95)], 0.5, 10) is None

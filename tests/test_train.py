@@ -53,7 +53,8 @@ def test_run_directory_contract(method, tmp_path):
     assert checkpoints and checkpoints[-1] == f"step-{summary['steps']:09d}.pt"  # the last check is saved
     assert summary["attack"].startswith("PGD-5 (1 restart, eps=0.1")
     assert 0 <= summary["robust_acc"] <= summary["clean_acc"] <= 1
-    minibatches = 2 * 32  # 2 epochs of 2048 / 64
+    minibatches = 2 * -(-summary["train_size"] // 64)  # 2 epochs of the training split (less validation) / 64
+    assert summary["train_size"] + summary["val_size"] == 2048
     expected_passes = {"standard": 1, "free": 2, "fgsm-rs": 2, "pgd": 3}[method] * minibatches
     assert summary["grad_computations"] == expected_passes
     assert summary["steps"] == minibatches * (2 if method == "free" else 1)

@@ -26,8 +26,8 @@ BAD = [
     ("epochs 0", ["--epochs", "0"], {}, "epochs must be > 0, got 0.0"),
     ("epochs negative", ["--epochs", "-3"], {}, "epochs must be > 0, got -3.0"),
     ("epochs inf", ["--epochs", "inf"], {}, "epochs must be a finite number, got inf"),
-    ("eps above 1", ["--eps", "1.5"], {}, "eps must be in [0, 1], got 1.5"),
-    ("eps negative", ["--eps", "-0.1"], {}, "eps must be in [0, 1], got -0.1"),
+    ("eps above 1", ["--eps", "1.5"], {}, "eps must be in [0, 1] for L-inf (>= 0 for L2), got 1.5"),
+    ("eps negative", ["--eps", "-0.1"], {}, "eps must be in [0, 1] for L-inf (>= 0 for L2), got -0.1"),
     ("eps nan", ["--eps", "nan"], {}, "eps must be a finite number, got nan"),
     ("eps not a number", ["--eps", "abc"], {}, "eps expects a number (e.g. 0.3 or 8/255), got 'abc'"),
     ("eps divides by zero", ["--eps", "8/0"], {}, "eps expects a number (e.g. 0.3 or 8/255), got '8/0'"),
@@ -105,7 +105,7 @@ BAD = [
     ("file yaml", ["--config", "{d}/c.yaml"], {"c.yaml": "eps: 0.1\n"}, ".yaml is not supported (use .toml or .json)"),
     ("file not utf-8", ["--config", "{d}/c.toml"], {"c.toml": b"\xff\xfe eps = 1"}, "cannot parse config file"),
     ("flag overrides file, still bad", ["--config", "{d}/c.toml", "--eps", "2"], {"c.toml": "eps = 0.1\n"},
-     "eps must be in [0, 1], got 2.0"),
+     "eps must be in [0, 1] for L-inf (>= 0 for L2), got 2.0"),
 ]
 
 

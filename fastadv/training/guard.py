@@ -26,7 +26,7 @@ CLEAN_SLACK = 0.02  # guard: clean accuracy counts as "not falling" within 2 poi
 NOT_LEARNING_AT = 0.25  # fraction of the budget after which a run must be above chance
 NOT_LEARNING_MARGIN = 0.05  # within this of chance (1 / classes) counts as not learning
 NOT_LEARNING_MIN_STEPS = 200  # and only once this many optimizer steps have run (short test runs may sit at chance)
-COLLAPSE_AT = 0.25  # fraction of the budget after which robust accuracy near zero counts as a collapse
+COLLAPSE_AT = 0.5  # fraction of the budget after which robust accuracy near zero counts as a collapse
 COLLAPSE_FLOOR = 0.25  # "near zero": validation robust accuracy below this fraction of chance (2.5% for 10 classes)
 
 

@@ -217,12 +217,13 @@ class HeldOut:
             if averaged is not None:
                 s.selection.offer("average", s.ctx.iteration, averaged, s.averager.model.module)
         event = guard_check(self.guard, loop, result, s.ctx, self.run_dir, self.log.warn) if self.guard else ""
-        warning = robustness_collapse(s.cfg, s.eps, [result] + ([averaged] if averaged else []),
-                                      loop.mb_done / s.minibatches, s.data.num_classes)
-        if warning and not loop.collapsed:
-            loop.collapsed = warning
-            loop.events.append({"event": "robustness_collapse", "step": s.ctx.iteration, "message": warning})
-            self.log.warn(f"fastadv: warning: {warning}")
+        # robust accuracy near zero while clean accuracy rises: said once; the status reads the last check
+        loop.collapsed = robustness_collapse(s.cfg, s.eps, [result] + ([averaged] if averaged else []),
+                                             loop.mb_done / s.minibatches, s.data.num_classes)
+        if loop.collapsed and not loop.collapse_warned:
+            loop.collapse_warned = True
+            loop.events.append({"event": "robustness_collapse", "step": s.ctx.iteration, "message": loop.collapsed})
+            self.log.warn(f"fastadv: warning: {loop.collapsed}")
         self.log.row(metrics_row(s, totals, result, event, averaged))
         loop.rows += 1
         metrics = {"clean_acc": result.clean_acc, "adv_acc": result.robust_acc, "clean_loss": result.clean_loss,
@@ -275,7 +276,7 @@ def finish(s: Setup, run_dir: Path, log: RunLog) -> RunResult:
                                   batch_size=cfg.eval_batch_size, seed=cfg.seed, sanity=True, aa_lite=aa_lite)
     status = "stopped by the overfitting guard" if s.loop.stopped else "completed"
     evaluation = figures(result, final, time.perf_counter() - t)
-    if s.loop.collapsed:  # robust accuracy near zero on validation: no figure of this run is to be trusted
+    if s.loop.collapsed:  # robust accuracy near zero on validation at the last check: not to be trusted
         status = "robustness collapsed"
         evaluation["trusted"] = False
     summary = {**build_summary(s, run_dir, status, evaluation=evaluation), "kept": kept, **ranks}

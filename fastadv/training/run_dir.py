@@ -45,7 +45,7 @@ def resolved(s) -> dict:
     return {**cfg.to_dict(), "eps": s.eps, "alpha": s.alpha, "augment": s.stream.augment,
             "total_steps": s.total_steps, "minibatches": s.minibatches, "eval_every": s.eval_every,
             "device": str(s.device), "data_source": s.data.source, "train_size": len(s.data.y_train),
-            "data_note": s.data.split_note, "val_size": s.data.val_size, "test_size": s.data.test_size,
+            "data_note": s.data.split_note, "val_images": s.data.val_size, "test_size": s.data.test_size,
             "arch": s.arch, "speed": s.speed, "versions": versions(),
             "world_size": distributed.world_size(), **({"lr_finder": s.lr_finder} if s.lr_finder else {})}
 

@@ -28,7 +28,8 @@ class LoopState:
     planned_minibatches: int = 0  # the time budget's fit (0: as the config says); a resume keeps it
     fits: int = 0  # time-budget fits done
     budget_mark: list = field(default_factory=list)  # [minibatches, seconds] at the last fit
-    collapsed: str | None = None  # the robustness-collapse warning, once given
+    collapsed: str | None = None  # the robustness-collapse warning at the last check (None: robust accuracy holds)
+    collapse_warned: bool = False  # the warning was given (once a run)
     good: dict | None = None  # guard: the best check so far {step, clean_acc, adv_acc, checkpoint}
     events: list = field(default_factory=list)  # guard events, for summary.json
     sums: torch.Tensor | None = None  # loss sum, correct since the last row (float64, on the device)
