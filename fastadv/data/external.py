@@ -108,13 +108,17 @@ def read_split(data, split: str, cls: str, budget: list[int], max_bytes: int) ->
     return stack_images(images, split, cls), torch.cat(labels)
 
 
+def check_pair(obj, what: str) -> None:
+    """DataError "<what> is a <type>[ of <n>]" unless ``obj`` is a 2-tuple or 2-list."""
+    if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
+        size = f" of {len(obj)}" if isinstance(obj, (tuple, list)) else ""
+        raise DataError(f"{what} is a {type(obj).__name__}{size}")
+
+
 def iter_batches(loader: DataLoader, split: str, cls: str) -> Iterable:
     try:
         for i, batch in enumerate(loader):
-            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-                raise DataError(f"{cls} {split} DataLoader: batches must be (images, labels) pairs, batch {i} is "
-                                f"a {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list))
-                                                              else ""))
+            check_pair(batch, f"{cls} {split} DataLoader: batches must be (images, labels) pairs, batch {i}")
             yield batch
     except DataError:
         raise
@@ -129,10 +133,7 @@ def iter_items(data, split: str, cls: str, chunk: int = 256) -> Iterable:
     xs, ys, i = [], [], 0
     try:
         for i, item in enumerate(items):
-            if not (isinstance(item, (tuple, list)) and len(item) == 2):
-                raise DataError(f"{cls} {split} set: items must be (image, label) pairs, item {i} is a "
-                                f"{type(item).__name__}" + (f" of {len(item)}" if isinstance(item, (tuple, list))
-                                                            else ""))
+            check_pair(item, f"{cls} {split} set: items must be (image, label) pairs, item {i}")
             xs.append(to_uint8(item[0], batched=False, where=f"{cls} {split} item {i}"))
             ys.append(item[1])
             if len(xs) == chunk:
